@@ -1,0 +1,16 @@
+//! mcp-observe's kernel programs: one module per hook (`probes/request.rs`, …).
+#![no_std]
+#![no_main]
+
+mod maps;
+mod probes;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,63 @@
+//! Every way mcp-observe can fail, each with what the operator should do next.
+
+use std::{io, net::SocketAddr, path::PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    #[error("no process with pid {pid}: check the pid of the proxy (e.g. `pgrep -f 'mcp serve'`) and try again")]
+    NoSuchProcess { pid: u32 },
+
+    #[error("cannot read /proc/{pid}/exe: {source}; run mcp-observe as root or grant it CAP_SYS_PTRACE")]
+    ExeUnreadable { pid: u32, source: io::Error },
+
+    #[error("{} is not a valid ELF executable ({reason}); is pid {pid} a native proxy binary?", path.display())]
+    BadElf { pid: u32, path: PathBuf, reason: String },
+
+    #[error("{} (pid {pid}) has no MCP probes (no .note.mcp_probes section, no mcp_probe_* symbols): link the mcp-probes crate into the proxy and call its probes, see docs/probe-abi.md", path.display())]
+    NoProbes { pid: u32, path: PathBuf },
+
+    #[error("{} (pid {pid}) uses probe ABI v{found}, this mcp-observe understands v{}: upgrade mcp-observe", path.display(), mcp_abi::VERSION)]
+    AbiMismatch { pid: u32, path: PathBuf, found: u32 },
+
+    #[error("{} (pid {pid}) lacks the probe {probe} of ABI v1: rebuild the proxy against the current mcp-probes crate", path.display())]
+    MissingProbe { pid: u32, path: PathBuf, probe: &'static str },
+
+    #[error("missing capability {cap}: run mcp-observe as root, or grant it CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE")]
+    MissingCapability { cap: &'static str },
+
+    #[error("this kernel has no uprobe support ({} is absent): use a kernel built with CONFIG_UPROBE_EVENTS=y", path.display())]
+    NoUprobes { path: PathBuf },
+
+    #[error("loading the eBPF programs failed: {0}; run `mcp-observe --check` to see which kernel feature is missing")]
+    Load(#[source] Box<aya::EbpfError>),
+
+    #[error("attaching probe {probe} in {} (pid {pid}) failed: {source}", path.display())]
+    Attach { probe: &'static str, pid: u32, path: PathBuf, source: Box<aya::programs::ProgramError> },
+
+    #[error("eBPF map {name} is missing or of the wrong type: {source}")]
+    Map { name: &'static str, source: Box<aya::maps::MapError> },
+
+    #[error("cannot listen on {addr}: {source}; pick a free address with --listen")]
+    Listen { addr: SocketAddr, source: io::Error },
+
+    #[error("--ring-buffer-bytes {bytes} is invalid: it must be a power of two and a multiple of the page size (4096), e.g. 262144")]
+    RingBufferSize { bytes: u32 },
+}
+
+/// Facts of probe ABI v1 shared by the error messages and the ELF reader.
+pub mod mcp_abi {
+    /// The only ABI version this observer understands.
+    pub const VERSION: u32 = 1;
+    /// Owner name of the notes in `.note.mcp_probes`.
+    pub const NOTE_OWNER: &[u8] = b"MCP";
+    /// Section holding one note per probe.
+    pub const NOTE_SECTION: &str = ".note.mcp_probes";
+    /// Note type carrying the ABI version (desc: u32).
+    pub const NOTE_ABI: u32 = 1;
+    /// Note type describing one probe (desc: u64 address, NUL-terminated name).
+    pub const NOTE_PROBE: u32 = 2;
+    /// Prefix of every probe function's symbol.
+    pub const SYMBOL_PREFIX: &str = "mcp_probe_";
+    /// Marker symbol of ABI v1.
+    pub const MARKER_SYMBOL: &str = "mcp_probes_abi_v1";
+}

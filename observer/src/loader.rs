@@ -1,0 +1,123 @@
+//! Loads the embedded eBPF object and attaches its uprobes to the target processes.
+
+use std::{num::NonZeroU32, path::PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
+};
+use observer_common::{COUNTERS_MAP, EVENTS_MAP, WAKEUP_THRESHOLD_GLOBAL, counter};
+
+use crate::{
+    error::ObserveError,
+    probes::{CATALOGUE, ProbeTable},
+};
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+
+/// Ring-buffer tuning.
+#[derive(Clone, Copy, Debug)]
+pub struct RingConfig {
+    /// Size of the ring buffer in bytes: a power of two, a multiple of the page size.
+    pub bytes: u32,
+}
+
+impl RingConfig {
+    pub fn validate(self) -> Result<Self, ObserveError> {
+        if self.bytes.is_power_of_two() && self.bytes >= 4096 {
+            Ok(self)
+        } else {
+            Err(ObserveError::RingBufferSize { bytes: self.bytes })
+        }
+    }
+
+    /// Past half full, producers wake the agent instead of waiting for its timer.
+    fn wakeup_threshold(self) -> u64 {
+        u64::from(self.bytes / 2)
+    }
+}
+
+/// One attached probe, for `--check` and the logs.
+#[derive(Debug)]
+pub struct Attached {
+    pub pid: u32,
+    pub probe: &'static str,
+    pub path: PathBuf,
+    pub file_offset: u64,
+}
+
+/// The loaded programs; dropping it detaches every probe.
+pub struct Loaded {
+    ebpf: Ebpf,
+}
+
+impl Loaded {
+    pub fn load(ring: RingConfig) -> Result<Self, ObserveError> {
+        let threshold = ring.wakeup_threshold();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(WAKEUP_THRESHOLD_GLOBAL, &threshold, true)
+            .map_max_entries(EVENTS_MAP, ring.bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| ObserveError::Load(Box::new(e)))?;
+        for (_, program) in CATALOGUE {
+            let uprobe: &mut UProbe = ebpf
+                .program_mut(program)
+                .unwrap_or_else(|| panic!("eBPF object lacks program {program}"))
+                .try_into()
+                .expect("program is a uprobe");
+            uprobe.load().map_err(|e| ObserveError::Load(Box::new(e.into())))?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    /// Attaches every catalogued probe of `table` for process `pid` only.
+    pub fn attach(&mut self, pid: u32, table: &ProbeTable) -> Result<Vec<Attached>, ObserveError> {
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(ObserveError::NoSuchProcess { pid })?);
+        // Through /proc/PID/exe the kernel resolves the very file the process runs, even
+        // inside another mount namespace.
+        let target = PathBuf::from(format!("/proc/{pid}/exe"));
+        let mut attached = Vec::new();
+        for &(probe, program) in CATALOGUE {
+            let site = table.site(probe).expect("probes::for_pid checked the catalogue");
+            let uprobe: &mut UProbe =
+                self.ebpf.program_mut(program).expect("loaded above").try_into().expect("program is a uprobe");
+            uprobe
+                .attach(UProbeAttachLocation::AbsoluteOffset(site.file_offset), &target, scope)
+                .map_err(|source| ObserveError::Attach { probe, pid, path: table.path.clone(), source: Box::new(source) })?;
+            attached.push(Attached { pid, probe, path: table.path.clone(), file_offset: site.file_offset });
+        }
+        Ok(attached)
+    }
+
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, ObserveError> {
+        let map = self.ebpf.take_map(EVENTS_MAP).expect("eBPF object has the ring buffer");
+        RingBuf::try_from(map).map_err(|e| ObserveError::Map { name: EVENTS_MAP, source: Box::new(e) })
+    }
+
+    pub fn take_counters(&mut self) -> Result<KernelCounters, ObserveError> {
+        let map = self.ebpf.take_map(COUNTERS_MAP).expect("eBPF object has the counters");
+        let array = PerCpuArray::try_from(map).map_err(|e| ObserveError::Map { name: COUNTERS_MAP, source: Box::new(e) })?;
+        Ok(KernelCounters { array })
+    }
+}
+
+/// The per-CPU counters of `observer_common::counter`.
+pub struct KernelCounters {
+    array: PerCpuArray<MapData, u64>,
+}
+
+impl KernelCounters {
+    /// Each counter summed over CPUs.
+    pub fn totals(&self) -> [u64; counter::COUNT as usize] {
+        std::array::from_fn(|i| {
+            self.array.get(&(i as u32), 0).map(|values| values.iter().sum()).unwrap_or_else(|e| {
+                log::warn!("reading kernel counter {i}: {e}");
+                0
+            })
+        })
+    }
+}

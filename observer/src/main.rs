@@ -1,0 +1,163 @@
+//! `mcp-observe`: Prometheus metrics for an MCP proxy, from eBPF uprobes on the probe
+//! functions it calls. The proxy carries no exporter code.
+
+mod error;
+mod events;
+mod http;
+mod kernel;
+mod labels;
+mod loader;
+mod metrics;
+mod probes;
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::ExitCode,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
+
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    error::ObserveError,
+    http::AppState,
+    loader::{Attached, Loaded, RingConfig},
+    metrics::{LabelLimits, Metrics},
+    probes::ProbeTable,
+};
+
+/// Observe a probe-enabled MCP proxy from the outside and serve Prometheus metrics.
+#[derive(Debug, Parser)]
+#[command(name = "mcp-observe", version)]
+struct Cli {
+    /// Process id of the proxy to observe (repeat for several proxies).
+    #[arg(long = "pid", required = true, value_name = "PID")]
+    pids: Vec<u32>,
+    /// Address to serve /metrics, /healthz and /readyz on.
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Attach, print what was found and attached, and exit (0 = every probe attached).
+    #[arg(long)]
+    check: bool,
+    /// Ring-buffer size in bytes (a power of two, at least 4096).
+    #[arg(long, default_value_t = 256 * 1024, value_name = "BYTES")]
+    ring_buffer_bytes: u32,
+    /// How often the agent drains the ring buffer, in milliseconds.
+    #[arg(long, default_value_t = 5, value_name = "MS")]
+    drain_interval_ms: u64,
+    /// Distinct values kept per client-controlled label; the rest become __other__.
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    max_label_values: usize,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = if cli.check { check(&cli) } else { serve(&cli) };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mcp-observe: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Finds the probes of every target and attaches them.
+fn attach_all(cli: &Cli) -> Result<(Loaded, Vec<(u32, ProbeTable)>, Vec<Attached>), ObserveError> {
+    let ring = RingConfig { bytes: cli.ring_buffer_bytes }.validate()?;
+    let tables = cli
+        .pids
+        .iter()
+        .map(|&pid| probes::for_pid(pid).map(|table| (pid, table)))
+        .collect::<Result<Vec<_>, _>>()?;
+    kernel::require_uprobe_support()?;
+    let mut loaded = Loaded::load(ring)?;
+    let mut attached = Vec::new();
+    for (pid, table) in &tables {
+        attached.extend(loaded.attach(*pid, table)?);
+    }
+    Ok((loaded, tables, attached))
+}
+
+fn check(cli: &Cli) -> Result<(), ObserveError> {
+    let features = kernel::features();
+    println!("kernel {}: uprobes {}, kprobes {}, tracefs {}", features.release, yes_no(features.uprobes), yes_no(features.kprobes),
+        features.tracefs.as_deref().map_or("absent".to_string(), |p| format!("at {}", p.display())));
+    let (_loaded, tables, attached) = attach_all(cli)?;
+    for (pid, table) in &tables {
+        println!("pid {pid}: {} (probe ABI v{}, from the {})", table.path.display(), table.abi_version, table.source);
+        for site in &table.sites {
+            let state = if attached.iter().any(|a| a.pid == *pid && a.probe == site.name) {
+                "attached"
+            } else {
+                "not in this observer's catalogue, ignored"
+            };
+            println!("  mcp_probe_{:<16} address {:#x}  file offset {:#x}  {state}", site.name, site.address, site.file_offset);
+        }
+    }
+    println!("ok: {} probes attached in {} process(es); ring buffer {} bytes, submit without wakeup, drain every {} ms",
+        attached.len(), tables.len(), cli.ring_buffer_bytes, cli.drain_interval_ms);
+    Ok(())
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn serve(cli: &Cli) -> Result<(), ObserveError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let (mut loaded, _tables, attached) = attach_all(cli)?;
+        for a in &attached {
+            log::info!("attached mcp_probe_{} in {} (pid {}) at file offset {:#x}", a.probe, a.path.display(), a.pid, a.file_offset);
+        }
+        let metrics = Arc::new(Metrics::new(LabelLimits { max_values: cli.max_label_values }));
+        metrics.probes_attached.set(attached.len() as i64);
+        let state = Arc::new(AppState {
+            metrics: metrics.clone(),
+            kernel: Mutex::new(loaded.take_counters()?),
+            ready: true.into(),
+        });
+        let listener = tokio::net::TcpListener::bind(cli.listen)
+            .await
+            .map_err(|source| ObserveError::Listen { addr: cli.listen, source })?;
+        log::info!("serving /metrics on http://{}", cli.listen);
+
+        let ring = loaded.take_ring()?;
+        let drain = events::drain_forever(ring, metrics.clone(), Duration::from_millis(cli.drain_interval_ms));
+        let server = axum::serve(listener, http::router(state.clone())).into_future();
+        let watch = watch_targets(cli.pids.clone(), state);
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            result = drain => log::error!("ring-buffer reader stopped: {result:?}"),
+            result = server => log::error!("HTTP server stopped: {result:?}"),
+            () = watch => {}
+            _ = tokio::signal::ctrl_c() => log::info!("interrupted, detaching"),
+            _ = term.recv() => log::info!("terminated, detaching"),
+        }
+        // Dropping `loaded` detaches every uprobe and unloads the programs.
+        drop(loaded);
+        Ok(())
+    })
+}
+
+/// Keeps `mcp_observer_targets` and readiness true to the targets' lives.
+async fn watch_targets(pids: Vec<u32>, state: Arc<AppState>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        let alive = pids.iter().filter(|pid| Path::new(&format!("/proc/{pid}")).exists()).count();
+        state.metrics.targets.set(alive as i64);
+        if alive < pids.len() && state.ready.swap(false, Ordering::Relaxed) {
+            log::warn!("{} of {} target process(es) exited; metrics stay served", pids.len() - alive, pids.len());
+        }
+    }
+}

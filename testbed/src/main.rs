@@ -1,0 +1,65 @@
+//! `mcp-testbed`: a probe-enabled MCP proxy (Streamable HTTP in front of stdio backends),
+//! the backends themselves, and load clients that print ground truth from the outside.
+
+mod backend;
+mod burst;
+mod jsonrpc;
+mod load;
+mod proxy;
+mod upstream;
+
+use std::{net::SocketAddr, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "mcp-testbed", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the MCP proxy: Streamable HTTP at /mcp, stdio child-process backends.
+    Proxy(proxy::Args),
+    /// Run one stdio MCP backend (the proxy starts these itself).
+    Backend {
+        /// Server name reported in `initialize`.
+        #[arg(long)]
+        name: String,
+    },
+    /// Drive a deterministic request mix through a proxy and print the ground truth.
+    Load(load::Args),
+    /// Call the request probes N times as fast as possible once a line arrives on stdin.
+    Burst {
+        /// Number of start/end probe pairs to fire.
+        #[arg(long)]
+        requests: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Proxy(args) => proxy::run(args).await,
+            Command::Backend { name } => backend::run(&name).await,
+            Command::Load(args) => load::run(args).await,
+            Command::Burst { requests } => burst::run(requests),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mcp-testbed: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses `HOST:PORT` for clap.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|e| format!("{s:?} is not HOST:PORT: {e}"))
+}
