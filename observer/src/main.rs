@@ -84,10 +84,10 @@ fn attach_all(cli: &Cli) -> Result<(Loaded, Vec<(u32, ProbeTable)>, Vec<Attached
 }
 
 fn check(cli: &Cli) -> Result<(), ObserveError> {
+    let (_loaded, tables, attached) = attach_all(cli)?;
     let features = kernel::features();
     println!("kernel {}: uprobes {}, kprobes {}, tracefs {}", features.release, yes_no(features.uprobes), yes_no(features.kprobes),
         features.tracefs.as_deref().map_or("absent".to_string(), |p| format!("at {}", p.display())));
-    let (_loaded, tables, attached) = attach_all(cli)?;
     for (pid, table) in &tables {
         println!("pid {pid}: {} (probe ABI v{}, from the {})", table.path.display(), table.abi_version, table.source);
         for site in &table.sites {
@@ -129,7 +129,8 @@ fn serve(cli: &Cli) -> Result<(), ObserveError> {
         let listener = tokio::net::TcpListener::bind(cli.listen)
             .await
             .map_err(|source| ObserveError::Listen { addr: cli.listen, source })?;
-        log::info!("serving /metrics on http://{}", cli.listen);
+        let bound = listener.local_addr().map_err(|source| ObserveError::Listen { addr: cli.listen, source })?;
+        log::info!("serving /metrics on http://{bound}");
 
         let ring = loaded.take_ring()?;
         let drain = events::drain_forever(ring, metrics.clone(), Duration::from_millis(cli.drain_interval_ms));

@@ -1,0 +1,194 @@
+//! Kernel tests: real eBPF programs on this machine's kernel, attached to real testbed
+//! processes, checked against the load client's ground truth. They need root and run
+//! one at a time; when not root they fail, they never skip.
+
+mod support;
+
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use object::{Object as _, ObjectSymbol as _};
+use support::*;
+
+#[test]
+fn request_counts_and_latencies_match_the_ground_truth() {
+    let _serial = kernel_test();
+    let proxy = start_proxy(&testbed_bin());
+    let observer = start_observer(&[proxy.pid()], &[]);
+    let truth = run_load(&proxy, 400, 8, 11, 100);
+    assert_requests_match(&observer, &truth);
+    // 100 ms sleeps: nothing in the 50 ms bucket or below.
+    assert_sleeps_are_slow(&observer, &truth, 0.05);
+    let metrics = scrape(&observer);
+    assert_eq!(value(&metrics, "mcp_observer_probes_attached", &[]), 2.0);
+    assert_eq!(value(&metrics, "mcp_observer_targets", &[]), 1.0);
+}
+
+#[test]
+fn a_stripped_proxy_is_found_through_its_note() {
+    let _serial = kernel_test();
+    let dir = std::env::temp_dir().join(format!("mcp-observe-stripped-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let stripped = dir.join("mcp-testbed");
+    std::fs::copy(testbed_bin(), &stripped).unwrap();
+    let status = Command::new("strip").arg("--strip-all").arg(&stripped).status().expect("run strip");
+    assert!(status.success());
+    let data = std::fs::read(&stripped).unwrap();
+    let elf = object::File::parse(&*data).unwrap();
+    assert!(
+        !elf.symbols().chain(elf.dynamic_symbols()).any(|s| s.name().is_ok_and(|n| n.starts_with("mcp_probe"))),
+        "strip left probe symbols behind"
+    );
+
+    let proxy = start_proxy(&stripped);
+    let pid = proxy.pid().to_string();
+    let (code, stdout, stderr) = observe_once(&["--pid", &pid, "--check"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("(probe ABI v1, from the .note.mcp_probes)"), "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.ends_with("  attached")).count(), 2, "{stdout}");
+
+    let observer = start_observer(&[proxy.pid()], &[]);
+    let truth = run_load(&proxy, 200, 4, 5, 100);
+    assert_requests_match(&observer, &truth);
+    drop(observer);
+    drop(proxy);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn an_overfilled_ring_buffer_counts_every_lost_event() {
+    let _serial = kernel_test();
+    const SENT: u64 = 20_000;
+    let mut burst = Command::new(testbed_bin())
+        .args(["burst", "--requests", &SENT.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // 16 KiB holds about 34 events of 480 bytes.
+    let observer = start_observer(&[burst.id()], &["--ring-buffer-bytes", "16384"]);
+    observer.signal(libc::SIGSTOP);
+    burst.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let output = burst.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), format!("{{\"sent\":{SENT}}}"));
+    observer.signal(libc::SIGCONT);
+
+    let accounted = |metrics: &prometheus_parse::Scrape| {
+        value(metrics, "mcp_observer_events_total", &[("kind", "request_end")])
+            + value(metrics, "mcp_observer_events_lost_total", &[("kind", "request_end")])
+    };
+    wait_for(Duration::from_secs(10), "every event received or counted lost", || accounted(&scrape(&observer)) >= SENT as f64);
+    std::thread::sleep(Duration::from_millis(100));
+    let metrics = scrape(&observer);
+    let received = value(&metrics, "mcp_observer_events_total", &[("kind", "request_end")]);
+    let lost = value(&metrics, "mcp_observer_events_lost_total", &[("kind", "request_end")]);
+    assert_eq!(received + lost, SENT as f64, "received {received} + lost {lost} != sent {SENT}");
+    assert!(lost > 0.0 && received > 0.0, "received {received}, lost {lost}");
+    assert_eq!(value(&metrics, "mcp_proxy_requests_total", &[("transport", "burst")]), received);
+}
+
+#[test]
+fn concurrent_requests_in_two_proxies_are_never_mixed_up() {
+    let _serial = kernel_test();
+    // Both proxies number their requests from 1: only keys of (tgid, id) keep them apart.
+    let first = start_proxy(&testbed_bin());
+    let second = start_proxy(&testbed_bin());
+    let observer = start_observer(&[first.pid(), second.pid()], &[]);
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| run_load(&first, 600, 32, 21, 100));
+        let b = s.spawn(|| run_load(&second, 600, 32, 22, 300));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let truth = merge(&[a, b]);
+    // Mixed-up ids would show as unmatched ends, a full in-flight map or a stuck gauge,
+    // which assert_requests_match requires to be zero.
+    assert_requests_match(&observer, &truth);
+    assert_sleeps_are_slow(&observer, &truth, 0.05);
+    assert_eq!(value(&scrape(&observer), "mcp_observer_targets", &[]), 2.0);
+}
+
+#[test]
+fn errors_name_the_problem_and_the_next_step() {
+    let _serial = kernel_test();
+    // A pid that existed a moment ago and is now free.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    let (code, stdout, stderr) = observe_once(&["--pid", &gone_pid.to_string(), "--check"], &[]);
+    assert_eq!(code, 1);
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        format!("mcp-observe: error: no process with pid {gone_pid}: check the pid of the proxy (e.g. `pgrep -f 'mcp serve'`) and try again\n")
+    );
+
+    let mut plain = Command::new("sleep").arg("30").spawn().unwrap();
+    let exe = std::fs::read_link(format!("/proc/{}/exe", plain.id())).unwrap();
+    let (code, _, stderr) = observe_once(&["--pid", &plain.id().to_string(), "--check"], &[]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr,
+        format!(
+            "mcp-observe: error: {} (pid {}) has no MCP probes (no .note.mcp_probes section, no mcp_probe_* symbols): link the mcp-probes crate into the proxy and call its probes, see docs/probe-abi.md\n",
+            exe.display(),
+            plain.id()
+        )
+    );
+    plain.kill().unwrap();
+    plain.wait().unwrap();
+
+    let proxy = start_proxy(&testbed_bin());
+    let pid = proxy.pid().to_string();
+    let (code, _, stderr) = observe_once(&["--pid", &pid, "--check"], &["capsh", "--drop=cap_bpf,cap_sys_admin", "--", "-c", "exec \"$0\" \"$@\""]);
+    assert_eq!(code, 1);
+    assert_eq!(stderr, "mcp-observe: error: missing capability CAP_BPF: run mcp-observe as root, or grant it CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE\n");
+
+    let (code, _, stderr) = observe_once(&["--pid", &pid, "--check", "--ring-buffer-bytes", "5000"], &[]);
+    assert_eq!(code, 1);
+    assert_eq!(stderr, "mcp-observe: error: --ring-buffer-bytes 5000 is invalid: it must be a power of two and a multiple of the page size (4096), e.g. 262144\n");
+}
+
+#[test]
+fn sigterm_detaches_every_probe() {
+    let _serial = kernel_test();
+    let proxy = start_proxy(&testbed_bin());
+    let mut observer = start_observer(&[proxy.pid()], &[]);
+    let ours = program_ids(&["mcp_request_start", "mcp_request_end"]);
+    assert_eq!(ours.len(), 2, "our programs are loaded");
+    assert_eq!(links_of(&ours), 2, "one link per probe");
+    observer.signal(libc::SIGTERM);
+    let status = observer.child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    assert_eq!(links_of(&ours), 0, "links left behind");
+    assert!(program_ids(&["mcp_request_start", "mcp_request_end"]).is_empty(), "programs left loaded");
+}
+
+fn bpftool(args: &[&str]) -> serde_json::Value {
+    let output = Command::new("bpftool").arg("--json").args(args).output().expect("run bpftool");
+    assert!(output.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("bpftool JSON")
+}
+
+fn program_ids(names: &[&str]) -> Vec<u64> {
+    bpftool(&["prog", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| names.contains(&n)))
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect()
+}
+
+fn links_of(programs: &[u64]) -> usize {
+    bpftool(&["link", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["prog_id"].as_u64().is_some_and(|id| programs.contains(&id)))
+        .count()
+}

@@ -1,0 +1,288 @@
+//! Real processes for the kernel tests: the testbed proxy, its load client (the ground
+//! truth), the burst generator, and mcp-observe itself, all spawned from the release
+//! binaries.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, MutexGuard, mpsc},
+    time::{Duration, Instant},
+};
+
+use prometheus_parse::{Scrape, Value};
+
+/// The kernel tests share the kernel's BPF objects: one at a time, whatever the runner does.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Takes the serial lock and fails (never skips) when not root.
+pub fn kernel_test() -> MutexGuard<'static, ()> {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the kernel tests load eBPF and need root: run them with `cargo xtask test` as root");
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub fn observer_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mcp-observe"))
+}
+
+pub fn testbed_bin() -> PathBuf {
+    let path = observer_bin().with_file_name("mcp-testbed");
+    assert!(path.exists(), "{} is missing: build it first (`cargo build --release`; `cargo xtask test` does)", path.display());
+    path
+}
+
+/// A child process that announced its listening address on stderr; killed on drop.
+pub struct Running {
+    pub child: Child,
+    pub addr: String,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Spawns `command` and waits for a stderr line containing `marker` followed by an
+    /// address (`http://ADDR`).
+    pub fn spawn(mut command: Command, marker: &str) -> Running {
+        let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+        let log = stderr.clone();
+        let wanted = marker.to_string();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Some(rest) = line.split(&wanted).nth(1) {
+                    let addr = rest.trim_start_matches("http://").split('/').next().unwrap_or_default().to_string();
+                    let _ = tx.send(addr);
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            panic!("{command:?} never printed {marker:?}; stderr: {:?}", stderr.lock().unwrap());
+        };
+        Running { child, addr, stderr }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, signal) }, 0, "kill({}, {signal})", self.pid());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the testbed proxy from `binary` on a free loopback port.
+pub fn start_proxy(binary: &Path) -> Running {
+    let mut command = Command::new(binary);
+    command.args(["proxy", "--listen", "127.0.0.1:0"]);
+    Running::spawn(command, " serving ")
+}
+
+/// Starts mcp-observe on `pids` and waits until /readyz answers 200.
+pub fn start_observer(pids: &[u32], extra: &[&str]) -> Running {
+    let mut command = Command::new(observer_bin());
+    command.args(["--listen", "127.0.0.1:0"]).args(extra).env("RUST_LOG", "info");
+    for pid in pids {
+        command.args(["--pid", &pid.to_string()]);
+    }
+    let observer = Running::spawn(command, "serving /metrics on ");
+    let url = format!("http://{}/readyz", observer.addr);
+    wait_for(Duration::from_secs(10), "observer ready", || ureq::get(&url).call().is_ok());
+    observer
+}
+
+pub fn wait_for(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One line of the load client's ground truth.
+#[derive(Clone, Debug)]
+pub struct Truth {
+    pub method: String,
+    pub server: String,
+    pub tool: String,
+    pub identity: String,
+    pub status: String,
+    pub count: u64,
+}
+
+/// Runs the testbed load client against `proxy` and returns its ground truth.
+pub fn run_load(proxy: &Running, calls: usize, concurrency: usize, seed: u64, sleep_ms: u64) -> Vec<Truth> {
+    let output = Command::new(testbed_bin())
+        .args(["load", "--url", &format!("http://{}/mcp", proxy.addr)])
+        .args(["--calls", &calls.to_string(), "--concurrency", &concurrency.to_string()])
+        .args(["--seed", &seed.to_string(), "--sleep-ms", &sleep_ms.to_string()])
+        .output()
+        .expect("run the load client");
+    assert!(output.status.success(), "load client failed: {}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("ground truth is JSON");
+    json["requests"]
+        .as_array()
+        .expect("requests array")
+        .iter()
+        .map(|row| {
+            let field = |name: &str| row[name].as_str().expect("string field").to_string();
+            Truth {
+                method: field("method"),
+                server: field("server"),
+                tool: field("tool"),
+                identity: field("identity"),
+                status: field("status"),
+                count: row["count"].as_u64().expect("count"),
+            }
+        })
+        .collect()
+}
+
+/// Adds up ground truths from several load runs, label set by label set.
+pub fn merge(truths: &[Vec<Truth>]) -> Vec<Truth> {
+    let mut merged: Vec<Truth> = Vec::new();
+    for row in truths.iter().flatten() {
+        match merged.iter_mut().find(|m| m.labels() == row.labels()) {
+            Some(m) => m.count += row.count,
+            None => merged.push(row.clone()),
+        }
+    }
+    merged
+}
+
+impl Truth {
+    pub fn labels(&self) -> [(&str, &str); 6] {
+        [
+            ("method", &self.method),
+            ("transport", "streamable_http"),
+            ("status", &self.status),
+            ("identity", &self.identity),
+            ("server", &self.server),
+            ("tool", &self.tool),
+        ]
+    }
+}
+
+pub fn scrape(observer: &Running) -> Scrape {
+    let body = ureq::get(&format!("http://{}/metrics", observer.addr))
+        .call()
+        .expect("GET /metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("metrics body");
+    Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("valid exposition format")
+}
+
+/// Sum of the samples of `metric` whose labels include all of `labels`.
+pub fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            other => panic!("{metric} is not a scalar: {other:?}"),
+        })
+        .sum()
+}
+
+/// Observations of the histogram series with exactly `labels` at or below `le`.
+pub fn bucket(scrape: &Scrape, metric: &str, labels: &[(&str, &str)], le: f64) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            Value::Histogram(buckets) => {
+                buckets.iter().find(|b| b.less_than == le).unwrap_or_else(|| panic!("no bucket le={le}")).count
+            }
+            other => panic!("{metric} is not a histogram: {other:?}"),
+        })
+        .sum()
+}
+
+/// Asserts that the observer's request series equal the ground truth exactly: every label
+/// set's counter and histogram count, and no series beyond them.
+pub fn assert_requests_match(observer: &Running, truth: &[Truth]) {
+    let total: u64 = truth.iter().map(|t| t.count).sum();
+    let mut metrics = scrape(observer);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while value(&metrics, "mcp_proxy_requests_total", &[]) < total as f64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        metrics = scrape(observer);
+    }
+    for row in truth {
+        let labels = row.labels();
+        assert_eq!(value(&metrics, "mcp_proxy_requests_total", &labels), row.count as f64, "requests_total for {row:?}");
+        assert_eq!(
+            value(&metrics, "mcp_proxy_request_duration_seconds_count", &labels),
+            row.count as f64,
+            "duration histogram count for {row:?}"
+        );
+    }
+    assert_eq!(value(&metrics, "mcp_proxy_requests_total", &[]), total as f64, "series beyond the ground truth");
+    assert_eq!(value(&metrics, "mcp_observer_events_total", &[("kind", "request_end")]), total as f64);
+    for clean in [
+        "mcp_observer_events_lost_total",
+        "mcp_observer_decode_errors_total",
+        "mcp_observer_bad_user_pointers_total",
+        "mcp_observer_unmatched_request_ends_total",
+        "mcp_observer_in_flight_full_total",
+        "mcp_proxy_requests_in_flight",
+    ] {
+        assert_eq!(value(&metrics, clean, &[]), 0.0, "{clean}");
+    }
+}
+
+/// Asserts that every `sleep` tool call (which sleeps ≥ `min_seconds`) landed in a bucket
+/// at or above it: none at or below the largest bucket bound under `min_seconds`.
+pub fn assert_sleeps_are_slow(observer: &Running, truth: &[Truth], below: f64) {
+    let metrics = scrape(observer);
+    let sleeps: Vec<&Truth> = truth.iter().filter(|t| t.tool == "sleep" && t.status == "ok").collect();
+    assert!(!sleeps.is_empty(), "the mix has no sleep calls");
+    for row in sleeps {
+        let labels = row.labels();
+        assert_eq!(bucket(&metrics, "mcp_proxy_request_duration_seconds", &labels, below), 0.0, "fast sleeps for {row:?}");
+        assert_eq!(bucket(&metrics, "mcp_proxy_request_duration_seconds", &labels, 300.0), row.count as f64);
+    }
+}
+
+/// Runs `mcp-observe ARGS` to completion: (exit code, stdout, stderr).
+pub fn observe_once(args: &[&str], wrapper: &[&str]) -> (i32, String, String) {
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(observer_bin());
+            c
+        }
+        None => Command::new(observer_bin()),
+    };
+    let output = command.args(args).output().expect("run mcp-observe");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
