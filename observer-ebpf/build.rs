@@ -3,8 +3,6 @@
 fn main() {
     match which::which("bpf-linker") {
         Ok(path) => println!("cargo:rerun-if-changed={}", path.display()),
-        Err(_) => println!(
-            "cargo:warning=bpf-linker not found on PATH; install it with `cargo xtask setup`"
-        ),
+        Err(_) => println!("cargo:warning=bpf-linker not found on PATH; install it with `cargo xtask setup`"),
     }
 }

@@ -4,7 +4,9 @@ use std::{io, net::SocketAddr, path::PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {
-    #[error("no process with pid {pid}: check the pid of the proxy (e.g. `pgrep -f 'mcp serve'`) and try again")]
+    #[error(
+        "no process with pid {pid}: check the pid of the proxy (e.g. `pgrep -f 'mcp serve'`) and try again"
+    )]
     NoSuchProcess { pid: u32 },
 
     #[error("cannot read /proc/{pid}/exe: {source}; run mcp-observe as root or grant it CAP_SYS_PTRACE")]
@@ -22,13 +24,17 @@ pub enum ObserveError {
     #[error("{} (pid {pid}) lacks the probe {probe} of ABI v1: rebuild the proxy against the current mcp-probes crate", path.display())]
     MissingProbe { pid: u32, path: PathBuf, probe: &'static str },
 
-    #[error("missing capability {cap}: run mcp-observe as root, or grant it CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE")]
+    #[error(
+        "missing capability {cap}: run mcp-observe as root, or grant it CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE"
+    )]
     MissingCapability { cap: &'static str },
 
     #[error("this kernel has no uprobe support ({} is absent): use a kernel built with CONFIG_UPROBE_EVENTS=y", path.display())]
     NoUprobes { path: PathBuf },
 
-    #[error("loading the eBPF programs failed: {0}; run `mcp-observe --check` to see which kernel feature is missing")]
+    #[error(
+        "loading the eBPF programs failed: {0}; run `mcp-observe --check` to see which kernel feature is missing"
+    )]
     Load(#[source] Box<aya::EbpfError>),
 
     #[error("attaching probe {probe} in {} (pid {pid}) failed: {source}", path.display())]
@@ -40,7 +46,9 @@ pub enum ObserveError {
     #[error("cannot listen on {addr}: {source}; pick a free address with --listen")]
     Listen { addr: SocketAddr, source: io::Error },
 
-    #[error("--ring-buffer-bytes {bytes} is invalid: it must be a power of two and a multiple of the page size (4096), e.g. 262144")]
+    #[error(
+        "--ring-buffer-bytes {bytes} is invalid: it must be a power of two and a multiple of the page size (4096), e.g. 262144"
+    )]
     RingBufferSize { bytes: u32 },
 }
 

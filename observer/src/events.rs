@@ -74,7 +74,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 }
 
 /// Drains `ring` into `metrics` forever: every `interval`, and whenever the kernel wakes us.
-pub async fn drain_forever(ring: RingBuf<MapData>, metrics: Arc<Metrics>, interval: Duration) -> std::io::Result<()> {
+pub async fn drain_forever(
+    ring: RingBuf<MapData>,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it open until it is dropped,
     // which only happens with the AsyncFd.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
@@ -112,7 +116,8 @@ mod tests {
         event.tool[..tool.len()].copy_from_slice(tool);
         event.tool_len = tool_len;
         // SAFETY: a repr(C) struct without padding viewed as bytes.
-        unsafe { std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<RequestEndEvent>()) }.to_vec()
+        unsafe { std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<RequestEndEvent>()) }
+            .to_vec()
     }
 
     #[test]

@@ -23,7 +23,8 @@ pub struct Features {
 }
 
 pub fn features() -> Features {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let release =
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     Features {
         release,
         uprobes: Path::new(UPROBE_PMU).exists(),

@@ -83,11 +83,20 @@ impl Loaded {
         let mut attached = Vec::new();
         for &(probe, program) in CATALOGUE {
             let site = table.site(probe).expect("probes::for_pid checked the catalogue");
-            let uprobe: &mut UProbe =
-                self.ebpf.program_mut(program).expect("loaded above").try_into().expect("program is a uprobe");
-            uprobe
-                .attach(UProbeAttachLocation::AbsoluteOffset(site.file_offset), &target, scope)
-                .map_err(|source| ObserveError::Attach { probe, pid, path: table.path.clone(), source: Box::new(source) })?;
+            let uprobe: &mut UProbe = self
+                .ebpf
+                .program_mut(program)
+                .expect("loaded above")
+                .try_into()
+                .expect("program is a uprobe");
+            uprobe.attach(UProbeAttachLocation::AbsoluteOffset(site.file_offset), &target, scope).map_err(
+                |source| ObserveError::Attach {
+                    probe,
+                    pid,
+                    path: table.path.clone(),
+                    source: Box::new(source),
+                },
+            )?;
             attached.push(Attached { pid, probe, path: table.path.clone(), file_offset: site.file_offset });
         }
         Ok(attached)
@@ -100,7 +109,8 @@ impl Loaded {
 
     pub fn take_counters(&mut self) -> Result<KernelCounters, ObserveError> {
         let map = self.ebpf.take_map(COUNTERS_MAP).expect("eBPF object has the counters");
-        let array = PerCpuArray::try_from(map).map_err(|e| ObserveError::Map { name: COUNTERS_MAP, source: Box::new(e) })?;
+        let array = PerCpuArray::try_from(map)
+            .map_err(|e| ObserveError::Map { name: COUNTERS_MAP, source: Box::new(e) })?;
         Ok(KernelCounters { array })
     }
 }

@@ -66,8 +66,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// The loaded programs and what they were attached to.
+struct Attachment {
+    loaded: Loaded,
+    tables: Vec<(u32, ProbeTable)>,
+    attached: Vec<Attached>,
+}
+
 /// Finds the probes of every target and attaches them.
-fn attach_all(cli: &Cli) -> Result<(Loaded, Vec<(u32, ProbeTable)>, Vec<Attached>), ObserveError> {
+fn attach_all(cli: &Cli) -> Result<Attachment, ObserveError> {
     let ring = RingConfig { bytes: cli.ring_buffer_bytes }.validate()?;
     let tables = cli
         .pids
@@ -80,27 +87,45 @@ fn attach_all(cli: &Cli) -> Result<(Loaded, Vec<(u32, ProbeTable)>, Vec<Attached
     for (pid, table) in &tables {
         attached.extend(loaded.attach(*pid, table)?);
     }
-    Ok((loaded, tables, attached))
+    Ok(Attachment { loaded, tables, attached })
 }
 
 fn check(cli: &Cli) -> Result<(), ObserveError> {
-    let (_loaded, tables, attached) = attach_all(cli)?;
+    let Attachment { loaded: _loaded, tables, attached } = attach_all(cli)?;
     let features = kernel::features();
-    println!("kernel {}: uprobes {}, kprobes {}, tracefs {}", features.release, yes_no(features.uprobes), yes_no(features.kprobes),
-        features.tracefs.as_deref().map_or("absent".to_string(), |p| format!("at {}", p.display())));
+    println!(
+        "kernel {}: uprobes {}, kprobes {}, tracefs {}",
+        features.release,
+        yes_no(features.uprobes),
+        yes_no(features.kprobes),
+        features.tracefs.as_deref().map_or("absent".to_string(), |p| format!("at {}", p.display()))
+    );
     for (pid, table) in &tables {
-        println!("pid {pid}: {} (probe ABI v{}, from the {})", table.path.display(), table.abi_version, table.source);
+        println!(
+            "pid {pid}: {} (probe ABI v{}, from the {})",
+            table.path.display(),
+            table.abi_version,
+            table.source
+        );
         for site in &table.sites {
             let state = if attached.iter().any(|a| a.pid == *pid && a.probe == site.name) {
                 "attached"
             } else {
                 "not in this observer's catalogue, ignored"
             };
-            println!("  mcp_probe_{:<16} address {:#x}  file offset {:#x}  {state}", site.name, site.address, site.file_offset);
+            println!(
+                "  mcp_probe_{:<16} address {:#x}  file offset {:#x}  {state}",
+                site.name, site.address, site.file_offset
+            );
         }
     }
-    println!("ok: {} probes attached in {} process(es); ring buffer {} bytes, submit without wakeup, drain every {} ms",
-        attached.len(), tables.len(), cli.ring_buffer_bytes, cli.drain_interval_ms);
+    println!(
+        "ok: {} probes attached in {} process(es); ring buffer {} bytes, submit without wakeup, drain every {} ms",
+        attached.len(),
+        tables.len(),
+        cli.ring_buffer_bytes,
+        cli.drain_interval_ms
+    );
     Ok(())
 }
 
@@ -115,9 +140,15 @@ fn serve(cli: &Cli) -> Result<(), ObserveError> {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let (mut loaded, _tables, attached) = attach_all(cli)?;
+        let Attachment { mut loaded, attached, .. } = attach_all(cli)?;
         for a in &attached {
-            log::info!("attached mcp_probe_{} in {} (pid {}) at file offset {:#x}", a.probe, a.path.display(), a.pid, a.file_offset);
+            log::info!(
+                "attached mcp_probe_{} in {} (pid {}) at file offset {:#x}",
+                a.probe,
+                a.path.display(),
+                a.pid,
+                a.file_offset
+            );
         }
         let metrics = Arc::new(Metrics::new(LabelLimits { max_values: cli.max_label_values }));
         metrics.probes_attached.set(attached.len() as i64);
@@ -129,11 +160,13 @@ fn serve(cli: &Cli) -> Result<(), ObserveError> {
         let listener = tokio::net::TcpListener::bind(cli.listen)
             .await
             .map_err(|source| ObserveError::Listen { addr: cli.listen, source })?;
-        let bound = listener.local_addr().map_err(|source| ObserveError::Listen { addr: cli.listen, source })?;
+        let bound =
+            listener.local_addr().map_err(|source| ObserveError::Listen { addr: cli.listen, source })?;
         log::info!("serving /metrics on http://{bound}");
 
         let ring = loaded.take_ring()?;
-        let drain = events::drain_forever(ring, metrics.clone(), Duration::from_millis(cli.drain_interval_ms));
+        let drain =
+            events::drain_forever(ring, metrics.clone(), Duration::from_millis(cli.drain_interval_ms));
         let server = axum::serve(listener, http::router(state.clone())).into_future();
         let watch = watch_targets(cli.pids.clone(), state);
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -158,7 +191,11 @@ async fn watch_targets(pids: Vec<u32>, state: Arc<AppState>) {
         let alive = pids.iter().filter(|pid| Path::new(&format!("/proc/{pid}")).exists()).count();
         state.metrics.targets.set(alive as i64);
         if alive < pids.len() && state.ready.swap(false, Ordering::Relaxed) {
-            log::warn!("{} of {} target process(es) exited; metrics stay served", pids.len() - alive, pids.len());
+            log::warn!(
+                "{} of {} target process(es) exited; metrics stay served",
+                pids.len() - alive,
+                pids.len()
+            );
         }
     }
 }

@@ -8,7 +8,8 @@ use observer_common::{
     request::{self, RequestEndEvent},
 };
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::{
@@ -72,27 +73,44 @@ impl Metrics {
             &REQUEST_LABELS,
         )
         .expect("valid metric");
-        let in_flight = IntGauge::new("mcp_proxy_requests_in_flight", "Requests started and not yet ended").expect("valid metric");
+        let in_flight = IntGauge::new("mcp_proxy_requests_in_flight", "Requests started and not yet ended")
+            .expect("valid metric");
         let events = IntCounterVec::new(
             Opts::new("mcp_observer_events_total", "Events received from the kernel"),
             &["kind"],
         )
         .expect("valid metric");
         let events_lost = IntCounterVec::new(
-            Opts::new("mcp_observer_events_lost_total", "Events dropped in the kernel because the ring buffer was full"),
+            Opts::new(
+                "mcp_observer_events_lost_total",
+                "Events dropped in the kernel because the ring buffer was full",
+            ),
             &["kind"],
         )
         .expect("valid metric");
-        let probes_attached = IntGauge::new("mcp_observer_probes_attached", "Probe functions with an attached uprobe").expect("valid metric");
-        let targets = IntGauge::new("mcp_observer_targets", "Observed proxy processes still running").expect("valid metric");
-        let decode_errors = IntCounter::new("mcp_observer_decode_errors_total", "Ring-buffer records that could not be decoded").expect("valid metric");
+        let probes_attached =
+            IntGauge::new("mcp_observer_probes_attached", "Probe functions with an attached uprobe")
+                .expect("valid metric");
+        let targets = IntGauge::new("mcp_observer_targets", "Observed proxy processes still running")
+            .expect("valid metric");
+        let decode_errors = IntCounter::new(
+            "mcp_observer_decode_errors_total",
+            "Ring-buffer records that could not be decoded",
+        )
+        .expect("valid metric");
         let label_overflow = IntCounterVec::new(
-            Opts::new("mcp_observer_label_overflow_total", "Label values folded into __other__ by the per-label cap"),
+            Opts::new(
+                "mcp_observer_label_overflow_total",
+                "Label values folded into __other__ by the per-label cap",
+            ),
             &["label"],
         )
         .expect("valid metric");
         let label_truncated = IntCounterVec::new(
-            Opts::new("mcp_observer_label_truncated_total", "Label values cut at their byte bound in the kernel"),
+            Opts::new(
+                "mcp_observer_label_truncated_total",
+                "Label values cut at their byte bound in the kernel",
+            ),
             &["label"],
         )
         .expect("valid metric");
@@ -191,8 +209,10 @@ impl Metrics {
         {
             let mut caps = self.caps.lock().expect("label caps lock");
             let RequestLabelCaps { method, transport, identity, server, tool } = &mut *caps;
-            for ((cap, value), label) in
-                [method, transport, identity, server, tool].into_iter().zip(values.iter_mut()).zip(["method", "transport", "identity", "server", "tool"])
+            for ((cap, value), label) in [method, transport, identity, server, tool]
+                .into_iter()
+                .zip(values.iter_mut())
+                .zip(["method", "transport", "identity", "server", "tool"])
             {
                 let (admitted, folded) = cap.admit(std::mem::take(value));
                 if folded {

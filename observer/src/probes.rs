@@ -66,7 +66,8 @@ pub fn for_pid(pid: u32) -> Result<ProbeTable, ObserveError> {
     let exe = proc.join("exe");
     let path = std::fs::read_link(&exe).map_err(|source| ObserveError::ExeUnreadable { pid, source })?;
     let data = std::fs::read(&exe).map_err(|source| ObserveError::ExeUnreadable { pid, source })?;
-    let table = from_elf(&data, &path).map_err(|reason| ObserveError::BadElf { pid, path: path.clone(), reason })?;
+    let table =
+        from_elf(&data, &path).map_err(|reason| ObserveError::BadElf { pid, path: path.clone(), reason })?;
     let Some(table) = table else {
         return Err(ObserveError::NoProbes { pid, path });
     };
@@ -104,7 +105,8 @@ fn from_note(file: &ElfFile64<'_, object::Endianness>) -> Result<Option<RawProbe
     let Some(section) = file.section_by_name(mcp_abi::NOTE_SECTION) else { return Ok(None) };
     let data = section.data().map_err(|e| e.to_string())?;
     let bad = |e: object::Error| format!("{}: {e}", mcp_abi::NOTE_SECTION);
-    let mut notes = NoteIterator::<FileHeader64<object::Endianness>>::new(file.endian(), 4, data).map_err(bad)?;
+    let mut notes =
+        NoteIterator::<FileHeader64<object::Endianness>>::new(file.endian(), 4, data).map_err(bad)?;
     let mut abi_version = None;
     let mut probes = Vec::new();
     while let Some(note) = notes.next().map_err(bad)? {
@@ -124,7 +126,8 @@ fn from_note(file: &ElfFile64<'_, object::Endianness>) -> Result<Option<RawProbe
             _ => {}
         }
     }
-    let abi_version = abi_version.ok_or_else(|| format!("{} has no ABI version note", mcp_abi::NOTE_SECTION))?;
+    let abi_version =
+        abi_version.ok_or_else(|| format!("{} has no ABI version note", mcp_abi::NOTE_SECTION))?;
     Ok(Some((abi_version, probes)))
 }
 

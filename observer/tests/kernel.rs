@@ -39,7 +39,9 @@ fn a_stripped_proxy_is_found_through_its_note() {
     let data = std::fs::read(&stripped).unwrap();
     let elf = object::File::parse(&*data).unwrap();
     assert!(
-        !elf.symbols().chain(elf.dynamic_symbols()).any(|s| s.name().is_ok_and(|n| n.starts_with("mcp_probe"))),
+        !elf.symbols()
+            .chain(elf.dynamic_symbols())
+            .any(|s| s.name().is_ok_and(|n| n.starts_with("mcp_probe"))),
         "strip left probe symbols behind"
     );
 
@@ -82,7 +84,9 @@ fn an_overfilled_ring_buffer_counts_every_lost_event() {
         value(metrics, "mcp_observer_events_total", &[("kind", "request_end")])
             + value(metrics, "mcp_observer_events_lost_total", &[("kind", "request_end")])
     };
-    wait_for(Duration::from_secs(10), "every event received or counted lost", || accounted(&scrape(&observer)) >= SENT as f64);
+    wait_for(Duration::from_secs(10), "every event received or counted lost", || {
+        accounted(&scrape(&observer)) >= SENT as f64
+    });
     std::thread::sleep(Duration::from_millis(100));
     let metrics = scrape(&observer);
     let received = value(&metrics, "mcp_observer_events_total", &[("kind", "request_end")]);
@@ -124,7 +128,9 @@ fn errors_name_the_problem_and_the_next_step() {
     assert_eq!(stdout, "");
     assert_eq!(
         stderr,
-        format!("mcp-observe: error: no process with pid {gone_pid}: check the pid of the proxy (e.g. `pgrep -f 'mcp serve'`) and try again\n")
+        format!(
+            "mcp-observe: error: no process with pid {gone_pid}: check the pid of the proxy (e.g. `pgrep -f 'mcp serve'`) and try again\n"
+        )
     );
 
     let mut plain = Command::new("sleep").arg("30").spawn().unwrap();
@@ -144,13 +150,22 @@ fn errors_name_the_problem_and_the_next_step() {
 
     let proxy = start_proxy(&testbed_bin());
     let pid = proxy.pid().to_string();
-    let (code, _, stderr) = observe_once(&["--pid", &pid, "--check"], &["capsh", "--drop=cap_bpf,cap_sys_admin", "--", "-c", "exec \"$0\" \"$@\""]);
+    let (code, _, stderr) = observe_once(
+        &["--pid", &pid, "--check"],
+        &["capsh", "--drop=cap_bpf,cap_sys_admin", "--", "-c", "exec \"$0\" \"$@\""],
+    );
     assert_eq!(code, 1);
-    assert_eq!(stderr, "mcp-observe: error: missing capability CAP_BPF: run mcp-observe as root, or grant it CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE\n");
+    assert_eq!(
+        stderr,
+        "mcp-observe: error: missing capability CAP_BPF: run mcp-observe as root, or grant it CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE\n"
+    );
 
     let (code, _, stderr) = observe_once(&["--pid", &pid, "--check", "--ring-buffer-bytes", "5000"], &[]);
     assert_eq!(code, 1);
-    assert_eq!(stderr, "mcp-observe: error: --ring-buffer-bytes 5000 is invalid: it must be a power of two and a multiple of the page size (4096), e.g. 262144\n");
+    assert_eq!(
+        stderr,
+        "mcp-observe: error: --ring-buffer-bytes 5000 is invalid: it must be a power of two and a multiple of the page size (4096), e.g. 262144\n"
+    );
 }
 
 #[test]

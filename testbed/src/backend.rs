@@ -61,9 +61,7 @@ async fn handle(name: &str, id: &Value, message: &Value) -> Value {
 }
 
 fn tools() -> Value {
-    let tool = |name: &str, description: &str, properties: Value| {
-        json!({"name": name, "description": description, "inputSchema": {"type": "object", "properties": properties}})
-    };
+    let tool = |name: &str, description: &str, properties: Value| json!({"name": name, "description": description, "inputSchema": {"type": "object", "properties": properties}});
     json!([
         tool("echo", "Returns its text", json!({"text": {"type": "string"}})),
         tool("sleep", "Sleeps for ms milliseconds", json!({"ms": {"type": "integer"}})),

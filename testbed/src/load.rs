@@ -34,7 +34,8 @@ pub struct Args {
     sleep_ms: u64,
 }
 
-const IDENTITIES: [(&str, &str); 3] = [("alice", "alice-token"), ("bob", "bob-token"), ("guest", "guest-token")];
+const IDENTITIES: [(&str, &str); 3] =
+    [("alice", "alice-token"), ("bob", "bob-token"), ("guest", "guest-token")];
 
 /// One planned request.
 #[derive(Clone, Debug)]
@@ -78,7 +79,8 @@ fn plan(calls: usize, seed: u64, sleep_ms: u64) -> Vec<Planned> {
     (0..calls)
         .map(|i| {
             let identity = [0, 0, 0, 1, 1, 2][mix.below(6) as usize];
-            let call = |name: &str, arguments: Value| ("tools/call", json!({"name": name, "arguments": arguments}));
+            let call =
+                |name: &str, arguments: Value| ("tools/call", json!({"name": name, "arguments": arguments}));
             let (method, params) = match mix.below(100) {
                 0..=24 => call("alpha__echo", json!({"text": format!("hello {i}")})),
                 25..=39 => call("beta__echo", json!({"text": "hi"})),
@@ -121,7 +123,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             (client.clone(), plan.clone(), next.clone(), sessions.clone(), counts.clone(), args.url.clone());
         workers.push(tokio::spawn(async move {
             loop {
-                let Some(item) = plan.get(next.fetch_add(1, Ordering::Relaxed)) else { return anyhow::Ok(()) };
+                let Some(item) = plan.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    return anyhow::Ok(());
+                };
                 let (identity, token) = IDENTITIES[item.identity];
                 let token = if item.bad_token { "not-a-token" } else { token };
                 let session = Some(sessions[item.identity].as_str());
@@ -174,7 +178,8 @@ async fn post(
     let response = request.send().await.with_context(|| format!("POST {url}"))?;
     let http = response.status().as_u16();
     let session = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let body = response.json::<Value>().await.with_context(|| format!("{method}: response body is not JSON"))?;
+    let body =
+        response.json::<Value>().await.with_context(|| format!("{method}: response body is not JSON"))?;
     Ok((Reply { http, body }, session))
 }
 

@@ -32,7 +32,8 @@ pub const TRANSPORT: &str = "streamable_http";
 const SESSION_HEADER: &str = "mcp-session-id";
 
 /// Bearer tokens and the identities they authenticate.
-pub const TOKENS: [(&str, &str); 3] = [("alice-token", "alice"), ("bob-token", "bob"), ("guest-token", "guest")];
+pub const TOKENS: [(&str, &str); 3] =
+    [("alice-token", "alice"), ("bob-token", "bob"), ("guest-token", "guest")];
 /// The ACL: `guest` may call only these tools; every other identity may call any.
 pub const GUEST_TOOLS: [&str; 2] = ["alpha__echo", "alpha__sleep"];
 
@@ -67,7 +68,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         next_session: AtomicU64::new(1),
         call_timeout: Duration::from_millis(args.call_timeout_ms),
     });
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
     eprintln!("mcp-testbed proxy: pid {} serving http://{}/mcp", std::process::id(), listener.local_addr()?);
     let app = Router::new().route("/mcp", post(handle)).with_state(proxy);
     axum::serve(listener, app).await.context("serving")
@@ -92,7 +95,13 @@ impl Outcome {
 async fn handle(State(proxy): State<Arc<Proxy>>, headers: HeaderMap, body: Bytes) -> Response {
     let message: Value = match serde_json::from_slice(&body) {
         Ok(message) => message,
-        Err(_) => return json_response(StatusCode::BAD_REQUEST, jsonrpc::error(&Value::Null, jsonrpc::PARSE_ERROR, "parse error"), None),
+        Err(_) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                jsonrpc::error(&Value::Null, jsonrpc::PARSE_ERROR, "parse error"),
+                None,
+            );
+        }
     };
     // Notifications and responses get no reply and are not requests: no probes.
     let Some(id) = message.get("id").cloned() else { return StatusCode::ACCEPTED.into_response() };
@@ -104,7 +113,10 @@ async fn handle(State(proxy): State<Arc<Proxy>>, headers: HeaderMap, body: Bytes
     let outcome = match identity {
         None => Outcome {
             http: StatusCode::UNAUTHORIZED,
-            ..Outcome::reply(jsonrpc::error(&id, jsonrpc::UNAUTHORIZED, "missing or invalid bearer token"), Status::AuthFailed)
+            ..Outcome::reply(
+                jsonrpc::error(&id, jsonrpc::UNAUTHORIZED, "missing or invalid bearer token"),
+                Status::AuthFailed,
+            )
         },
         Some(identity) => proxy.dispatch(&id, &method, identity, &message).await,
     };
@@ -141,7 +153,11 @@ impl Proxy {
         let params = message.get("params").cloned().unwrap_or(Value::Null);
         match method {
             "initialize" => {
-                let session = format!("{}-{:08x}", std::process::id(), self.next_session.fetch_add(1, Ordering::Relaxed));
+                let session = format!(
+                    "{}-{:08x}",
+                    std::process::id(),
+                    self.next_session.fetch_add(1, Ordering::Relaxed)
+                );
                 let body = jsonrpc::result(
                     id,
                     json!({
@@ -161,7 +177,10 @@ impl Proxy {
                     .flat_map(|server| {
                         self.backends[server].tools.iter().map(move |tool| {
                             let mut tool = tool.clone();
-                            let name = format!("{server}{TOOL_SEPARATOR}{}", tool["name"].as_str().unwrap_or_default());
+                            let name = format!(
+                                "{server}{TOOL_SEPARATOR}{}",
+                                tool["name"].as_str().unwrap_or_default()
+                            );
                             tool["name"] = Value::String(name);
                             tool
                         })
@@ -170,7 +189,10 @@ impl Proxy {
                 Outcome::reply(jsonrpc::result(id, json!({"tools": tools})), Status::Ok)
             }
             "tools/call" => self.call_tool(id, identity, &params).await,
-            _ => Outcome::reply(jsonrpc::error(id, jsonrpc::METHOD_NOT_FOUND, "method not found"), Status::JsonrpcError),
+            _ => Outcome::reply(
+                jsonrpc::error(id, jsonrpc::METHOD_NOT_FOUND, "method not found"),
+                Status::JsonrpcError,
+            ),
         }
     }
 
@@ -181,16 +203,31 @@ impl Proxy {
             backend.tools.iter().any(|t| t["name"] == tool).then_some((backend, server, tool))
         });
         let Some((backend, server, tool)) = resolved else {
-            return Outcome::reply(jsonrpc::error(id, jsonrpc::INVALID_PARAMS, &format!("unknown tool {name:?}")), Status::JsonrpcError);
+            return Outcome::reply(
+                jsonrpc::error(id, jsonrpc::INVALID_PARAMS, &format!("unknown tool {name:?}")),
+                Status::JsonrpcError,
+            );
         };
-        let routed = |body, status| Outcome { server: server.to_string(), tool: tool.to_string(), ..Outcome::reply(body, status) };
+        let routed = |body, status| Outcome {
+            server: server.to_string(),
+            tool: tool.to_string(),
+            ..Outcome::reply(body, status)
+        };
         if identity == "guest" && !GUEST_TOOLS.contains(&name) {
-            return routed(jsonrpc::error(id, jsonrpc::ACCESS_DENIED, &format!("{identity} may not call {name}")), Status::AclDenied);
+            return routed(
+                jsonrpc::error(id, jsonrpc::ACCESS_DENIED, &format!("{identity} may not call {name}")),
+                Status::AclDenied,
+            );
         }
-        let forwarded = json!({"name": tool, "arguments": params.get("arguments").cloned().unwrap_or(json!({}))});
+        let forwarded =
+            json!({"name": tool, "arguments": params.get("arguments").cloned().unwrap_or(json!({}))});
         match tokio::time::timeout(self.call_timeout, backend.call("tools/call", forwarded)).await {
-            Err(_) => routed(jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, "backend timed out"), Status::Timeout),
-            Ok(Err(error)) => routed(jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &error.to_string()), Status::JsonrpcError),
+            Err(_) => {
+                routed(jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, "backend timed out"), Status::Timeout)
+            }
+            Ok(Err(error)) => {
+                routed(jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &error.to_string()), Status::JsonrpcError)
+            }
             Ok(Ok(reply)) => match (reply.get("result"), reply.get("error")) {
                 (Some(result), _) => {
                     let status = if result["isError"] == true { Status::ToolError } else { Status::Ok };
@@ -201,7 +238,10 @@ impl Proxy {
                     let message = error["message"].as_str().unwrap_or("backend error");
                     routed(jsonrpc::error(id, code, message), Status::JsonrpcError)
                 }
-                (None, None) => routed(jsonrpc::error(id, jsonrpc::INVALID_REQUEST, "malformed backend reply"), Status::JsonrpcError),
+                (None, None) => routed(
+                    jsonrpc::error(id, jsonrpc::INVALID_REQUEST, "malformed backend reply"),
+                    Status::JsonrpcError,
+                ),
             },
         }
     }

@@ -65,8 +65,14 @@ impl Upstream {
                 }
             }
         });
-        let mut upstream =
-            Self { name: name.to_string(), tools: Vec::new(), outbox, pending, next_id: AtomicU64::new(1), _child: child };
+        let mut upstream = Self {
+            name: name.to_string(),
+            tools: Vec::new(),
+            outbox,
+            pending,
+            next_id: AtomicU64::new(1),
+            _child: child,
+        };
         upstream
             .call("initialize", json!({"protocolVersion": jsonrpc::PROTOCOL_VERSION, "capabilities": {}, "clientInfo": {"name": "mcp-testbed-proxy", "version": env!("CARGO_PKG_VERSION")}}))
             .await?;

@@ -1,1 +1,75 @@
-fn main() {}
+//! `cargo xtask setup|demo|test`: what cargo cannot do alone — install the eBPF
+//! toolchain, run the demo against the live kernel, and run every test as root.
+
+mod demo;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent: present tools are kept).
+    Setup,
+    /// Build, start the testbed proxy, attach mcp-observe, drive load, show the metrics.
+    Demo,
+    /// Set up, then run formatting, lints and every test (the kernel tests need root).
+    Test,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::run(),
+        Task::Demo => {
+            setup::run()?;
+            demo::run()
+        }
+        Task::Test => {
+            setup::run()?;
+            test()
+        }
+    }
+}
+
+fn test() -> anyhow::Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&["clippy", "--release", "--all-targets", "--", "-D", "warnings"])?;
+    // The eBPF crate under its own target and toolchain, as observer/build.rs builds it.
+    exec(Command::new("cargo").current_dir("observer-ebpf").args([
+        "+nightly",
+        "clippy",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    cargo(&["check", "--package", "mcp-probes", "--target", "aarch64-unknown-linux-gnu"])?;
+    cargo(&["build", "--release"])?;
+    cargo(&["test", "--release", "--", "--test-threads=1"])
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    exec(Command::new("cargo").args(args))
+}
+
+fn exec(command: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: running {command:?}");
+    let status = command.status().with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}

@@ -12,9 +12,8 @@ use aya_ebpf::{
 use observer_common::{
     EventHeader, counter, kind,
     request::{
-        AbiRequestEnd, AbiStr, FIELD_IDENTITY, FIELD_METHOD, FIELD_SERVER, FIELD_TOOL,
-        FIELD_TRANSPORT, FLAG_NO_START, FLAG_TRUNCATED_SHIFT, FLAG_UNREADABLE_SHIFT,
-        InFlightKey, RequestEndEvent,
+        AbiRequestEnd, AbiStr, FIELD_IDENTITY, FIELD_METHOD, FIELD_SERVER, FIELD_TOOL, FIELD_TRANSPORT,
+        FLAG_NO_START, FLAG_TRUNCATED_SHIFT, FLAG_UNREADABLE_SHIFT, InFlightKey, RequestEndEvent,
     },
 };
 
@@ -33,7 +32,7 @@ fn key(id: u64) -> InFlightKey {
 pub fn mcp_request_start(ctx: ProbeContext) -> u32 {
     let Some(id) = ctx.arg::<u64>(0) else { return 0 };
     let now = unsafe { bpf_ktime_get_ns() };
-    match IN_FLIGHT.insert(&key(id), &now, BPF_NOEXIST as u64) {
+    match IN_FLIGHT.insert(key(id), now, BPF_NOEXIST as u64) {
         Ok(()) => count(counter::REQUESTS_STARTED),
         Err(_) => count(counter::IN_FLIGHT_FULL),
     }
@@ -48,9 +47,9 @@ pub fn mcp_request_end(ctx: ProbeContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let key = key(id);
     // SAFETY: the value is copied out before the entry is removed.
-    let start = unsafe { IN_FLIGHT.get(&key) }.copied();
+    let start = unsafe { IN_FLIGHT.get(key) }.copied();
     if start.is_some() {
-        let _ = IN_FLIGHT.remove(&key);
+        let _ = IN_FLIGHT.remove(key);
         count(counter::REQUESTS_FINISHED);
     }
     // SAFETY: bpf_probe_read_user fails cleanly on an unmapped address.
@@ -78,10 +77,8 @@ pub fn mcp_request_end(ctx: ProbeContext) -> u32 {
         };
         (*ev).status = end.status;
         (*ev).method_len = read_str(&end.method, &mut (*ev).method, FIELD_METHOD, &mut flags);
-        (*ev).transport_len =
-            read_str(&end.transport, &mut (*ev).transport, FIELD_TRANSPORT, &mut flags);
-        (*ev).identity_len =
-            read_str(&end.identity, &mut (*ev).identity, FIELD_IDENTITY, &mut flags);
+        (*ev).transport_len = read_str(&end.transport, &mut (*ev).transport, FIELD_TRANSPORT, &mut flags);
+        (*ev).identity_len = read_str(&end.identity, &mut (*ev).identity, FIELD_IDENTITY, &mut flags);
         (*ev).server_len = read_str(&end.server, &mut (*ev).server, FIELD_SERVER, &mut flags);
         (*ev).tool_len = read_str(&end.tool, &mut (*ev).tool, FIELD_TOOL, &mut flags);
         (*ev).pad = [0; 3];

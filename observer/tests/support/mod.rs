@@ -18,7 +18,11 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Takes the serial lock and fails (never skips) when not root.
 pub fn kernel_test() -> MutexGuard<'static, ()> {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the kernel tests load eBPF and need root: run them with `cargo xtask test` as root");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the kernel tests load eBPF and need root: run them with `cargo xtask test` as root"
+    );
     SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -28,7 +32,11 @@ pub fn observer_bin() -> PathBuf {
 
 pub fn testbed_bin() -> PathBuf {
     let path = observer_bin().with_file_name("mcp-testbed");
-    assert!(path.exists(), "{} is missing: build it first (`cargo build --release`; `cargo xtask test` does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build --release`; `cargo xtask test` does)",
+        path.display()
+    );
     path
 }
 
@@ -36,7 +44,6 @@ pub fn testbed_bin() -> PathBuf {
 pub struct Running {
     pub child: Child,
     pub addr: String,
-    pub stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl Running {
@@ -56,7 +63,8 @@ impl Running {
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 if let Some(rest) = line.split(&wanted).nth(1) {
-                    let addr = rest.trim_start_matches("http://").split('/').next().unwrap_or_default().to_string();
+                    let addr =
+                        rest.trim_start_matches("http://").split('/').next().unwrap_or_default().to_string();
                     let _ = tx.send(addr);
                 }
                 log.lock().unwrap().push(line);
@@ -66,7 +74,7 @@ impl Running {
             let _ = child.kill();
             panic!("{command:?} never printed {marker:?}; stderr: {:?}", stderr.lock().unwrap());
         };
-        Running { child, addr, stderr }
+        Running { child, addr }
     }
 
     pub fn signal(&self, signal: i32) {
@@ -216,7 +224,11 @@ pub fn bucket(scrape: &Scrape, metric: &str, labels: &[(&str, &str)], le: f64) -
         .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .map(|s| match &s.value {
             Value::Histogram(buckets) => {
-                buckets.iter().find(|b| b.less_than == le).unwrap_or_else(|| panic!("no bucket le={le}")).count
+                buckets
+                    .iter()
+                    .find(|b| b.less_than == le)
+                    .unwrap_or_else(|| panic!("no bucket le={le}"))
+                    .count
             }
             other => panic!("{metric} is not a histogram: {other:?}"),
         })
@@ -235,14 +247,22 @@ pub fn assert_requests_match(observer: &Running, truth: &[Truth]) {
     }
     for row in truth {
         let labels = row.labels();
-        assert_eq!(value(&metrics, "mcp_proxy_requests_total", &labels), row.count as f64, "requests_total for {row:?}");
+        assert_eq!(
+            value(&metrics, "mcp_proxy_requests_total", &labels),
+            row.count as f64,
+            "requests_total for {row:?}"
+        );
         assert_eq!(
             value(&metrics, "mcp_proxy_request_duration_seconds_count", &labels),
             row.count as f64,
             "duration histogram count for {row:?}"
         );
     }
-    assert_eq!(value(&metrics, "mcp_proxy_requests_total", &[]), total as f64, "series beyond the ground truth");
+    assert_eq!(
+        value(&metrics, "mcp_proxy_requests_total", &[]),
+        total as f64,
+        "series beyond the ground truth"
+    );
     assert_eq!(value(&metrics, "mcp_observer_events_total", &[("kind", "request_end")]), total as f64);
     for clean in [
         "mcp_observer_events_lost_total",
@@ -264,7 +284,11 @@ pub fn assert_sleeps_are_slow(observer: &Running, truth: &[Truth], below: f64) {
     assert!(!sleeps.is_empty(), "the mix has no sleep calls");
     for row in sleeps {
         let labels = row.labels();
-        assert_eq!(bucket(&metrics, "mcp_proxy_request_duration_seconds", &labels, below), 0.0, "fast sleeps for {row:?}");
+        assert_eq!(
+            bucket(&metrics, "mcp_proxy_request_duration_seconds", &labels, below),
+            0.0,
+            "fast sleeps for {row:?}"
+        );
         assert_eq!(bucket(&metrics, "mcp_proxy_request_duration_seconds", &labels, 300.0), row.count as f64);
     }
 }

@@ -1,0 +1,153 @@
+//! The demo: the testbed proxy under load, observed from outside by mcp-observe, with the
+//! load client's ground truth printed beside what the observer counted.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::cargo;
+
+const BIN: &str = "target/release";
+
+pub fn run() -> anyhow::Result<()> {
+    if !std::fs::read_to_string("/proc/self/status")?
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    {
+        bail!("the demo loads eBPF programs: run it as root");
+    }
+    cargo(&["build", "--release"])?;
+    let (proxy, proxy_addr) = spawn(
+        Command::new(format!("{BIN}/mcp-testbed")).args(["proxy", "--listen", "127.0.0.1:0"]),
+        " serving http://",
+    )?;
+    let proxy = Killed(proxy);
+    let pid = proxy.0.id().to_string();
+    let (observer, metrics_addr) = spawn(
+        Command::new(format!("{BIN}/mcp-observe")).args(["--pid", &pid, "--listen", "127.0.0.1:0"]),
+        "serving /metrics on http://",
+    )?;
+    let _observer = Killed(observer);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&metrics_addr, "/readyz").ok().map(|(code, _)| code) != Some(200) {
+        if Instant::now() > deadline {
+            bail!("mcp-observe did not become ready");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "proxy pid {pid} on http://{proxy_addr}/mcp, observed by mcp-observe on http://{metrics_addr}/metrics\n"
+    );
+
+    let load = Command::new(format!("{BIN}/mcp-testbed"))
+        .args([
+            "load",
+            "--url",
+            &format!("http://{proxy_addr}/mcp"),
+            "--calls",
+            "500",
+            "--concurrency",
+            "8",
+            "--seed",
+            "1",
+        ])
+        .output()?;
+    if !load.status.success() {
+        bail!("load client failed: {}", String::from_utf8_lossy(&load.stderr));
+    }
+    let truth: Value = serde_json::from_slice(&load.stdout).context("ground truth JSON")?;
+    std::thread::sleep(Duration::from_millis(100));
+    let (_, metrics) = get(&metrics_addr, "/metrics")?;
+
+    println!(
+        "{:<14} {:<6} {:<6} {:<6} {:<14} {:>6} {:>9}",
+        "method", "server", "tool", "ident", "status", "truth", "observed"
+    );
+    for row in truth["requests"].as_array().context("requests")? {
+        let field = |k: &str| row[k].as_str().unwrap_or_default().to_string();
+        let labels = format!(
+            "identity=\"{}\",method=\"{}\",server=\"{}\",status=\"{}\",tool=\"{}\",transport=\"streamable_http\"",
+            field("identity"),
+            field("method"),
+            field("server"),
+            field("status"),
+            field("tool")
+        );
+        let observed = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("mcp_proxy_requests_total{{{labels}}} ")))
+            .unwrap_or("missing");
+        println!(
+            "{:<14} {:<6} {:<6} {:<6} {:<14} {:>6} {:>9}",
+            field("method"),
+            field("server"),
+            field("tool"),
+            field("identity"),
+            field("status"),
+            row["count"],
+            observed
+        );
+    }
+    println!("\nThe observer's own series, and the latency of alpha__sleep for alice:");
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("mcp_observer_")
+            || l.starts_with("mcp_proxy_requests_in_flight")
+            || (l.contains("identity=\"alice\"")
+                && l.contains("tool=\"sleep\"")
+                && l.starts_with("mcp_proxy_request_duration"))
+    }) {
+        println!("  {line}");
+    }
+    Ok(())
+}
+
+/// Kills the child when the demo ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child; SIGTERM lets mcp-observe detach cleanly.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `command` and returns it with the address it announced after `marker` on stderr.
+fn spawn(command: &mut Command, marker: &str) -> anyhow::Result<(Child, String)> {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    let lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+    let (tx, rx) = mpsc::channel();
+    let marker = marker.to_string();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Some(rest) = line.split(&marker).nth(1) {
+                let _ = tx.send(rest.split('/').next().unwrap_or_default().to_string());
+            }
+        }
+    });
+    let addr =
+        rx.recv_timeout(Duration::from_secs(30)).with_context(|| format!("{command:?} did not start"))?;
+    Ok((child, addr))
+}
+
+/// A plain HTTP/1.0 GET: (status code, body).
+fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("HTTP response without a body")?;
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("HTTP status line")?;
+    Ok((code, body.to_string()))
+}

@@ -1,0 +1,100 @@
+//! Installs the toolchain of DESIGN.md idempotently: each step first checks whether its
+//! tool is already there, so a machine that has everything pays only for the checks.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::exec;
+
+const APT_PACKAGES: [&str; 5] = ["llvm-22-dev", "libpolly-22-dev", "bpftool", "libcap2-bin", "binutils"];
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn run() -> anyhow::Result<()> {
+    nightly_with_rust_src()?;
+    rust_target("aarch64-unknown-linux-gnu")?;
+    apt_packages()?;
+    bpf_linker()?;
+    tracefs()
+}
+
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program).args(args).output().is_ok_and(|o| o.status.success())
+}
+
+fn output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn nightly_with_rust_src() -> anyhow::Result<()> {
+    if !output("rustup", &["toolchain", "list"]).lines().any(|l| l.starts_with("nightly")) {
+        exec(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src,clippy",
+        ]))?;
+    }
+    let installed = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"]);
+    for component in ["rust-src", "clippy"] {
+        if !installed.lines().any(|l| l.starts_with(component)) {
+            exec(Command::new("rustup").args(["component", "add", component, "--toolchain", "nightly"]))?;
+        }
+    }
+    Ok(())
+}
+
+fn rust_target(target: &str) -> anyhow::Result<()> {
+    if !output("rustup", &["target", "list", "--installed"]).lines().any(|l| l == target) {
+        exec(Command::new("rustup").args(["target", "add", target]))?;
+    }
+    Ok(())
+}
+
+fn apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .into_iter()
+        .filter(|p| output("dpkg-query", &["-W", "-f=${Status}", p]) != "install ok installed")
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    exec(Command::new("apt-get").arg("update"))?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if succeeds("bpf-linker", &["--version"]) {
+        return Ok(());
+    }
+    exec(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX),
+    )
+    .context("installing bpf-linker (is ~/.cargo/bin on PATH?)")
+}
+
+/// Tracepoints need tracefs; mount it where the kernel expects it if it is not there.
+fn tracefs() -> anyhow::Result<()> {
+    let mount = Path::new("/sys/kernel/tracing");
+    if mount.join("events").is_dir() {
+        return Ok(());
+    }
+    if !succeeds("mount", &["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]) {
+        bail!("tracefs is not mounted at {} and mounting it failed: run as root", mount.display());
+    }
+    Ok(())
+}
