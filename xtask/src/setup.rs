@@ -15,6 +15,7 @@ pub fn run() -> anyhow::Result<()> {
     rust_target("aarch64-unknown-linux-gnu")?;
     apt_packages()?;
     bpf_linker()?;
+    python_mcp_sdk()?;
     tracefs()
 }
 
@@ -85,6 +86,16 @@ fn bpf_linker() -> anyhow::Result<()> {
             .env("LLVM_PREFIX", LLVM_PREFIX),
     )
     .context("installing bpf-linker (is ~/.cargo/bin on PATH?)")
+}
+
+/// The reference MCP client SDK, which the testbed's compatibility test drives.
+fn python_mcp_sdk() -> anyhow::Result<()> {
+    const PINNED: &str = "mcp==1.27.2";
+    let check = format!("import importlib.metadata as m; assert m.version('mcp') == '{}'", &PINNED[5..]);
+    if succeeds("python3", &["-c", &check]) {
+        return Ok(());
+    }
+    exec(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--root-user-action=ignore", PINNED]))
 }
 
 /// Tracepoints need tracefs; mount it where the kernel expects it if it is not there.
