@@ -207,3 +207,37 @@ fn links_of(programs: &[u64]) -> usize {
         .filter(|l| l["prog_id"].as_u64().is_some_and(|id| programs.contains(&id)))
         .count()
 }
+
+#[test]
+fn label_values_past_the_cap_fold_into_other_and_are_counted() {
+    let _serial = kernel_test();
+    const CAP: usize = 3;
+    let proxy = start_proxy(&testbed_bin());
+    let observer = start_observer(&[proxy.pid()], &["--max-label-values", &CAP.to_string()]);
+    let truth = run_load(&proxy, 300, 4, 13, 10);
+    let total: u64 = truth.iter().map(|t| t.count).sum();
+    wait_for(Duration::from_secs(5), "every request counted", || {
+        value(&scrape(&observer), "mcp_proxy_requests_total", &[]) == total as f64
+    });
+    let metrics = scrape(&observer);
+    // The mix has 5 methods and 4 tools ("" included): each label keeps CAP values.
+    for label in ["method", "tool"] {
+        let mut kept: Vec<&str> = metrics
+            .samples
+            .iter()
+            .filter(|s| s.metric == "mcp_proxy_requests_total")
+            .filter_map(|s| s.labels.get(label))
+            .filter(|v| *v != "__other__")
+            .collect();
+        kept.sort();
+        kept.dedup();
+        assert_eq!(kept.len(), CAP, "{label} values kept: {kept:?}");
+        let folded = value(&metrics, "mcp_proxy_requests_total", &[(label, "__other__")]);
+        assert!(folded > 0.0, "nothing folded for {label}");
+        assert_eq!(
+            value(&metrics, "mcp_observer_label_overflow_total", &[("label", label)]),
+            folded,
+            "{label}"
+        );
+    }
+}

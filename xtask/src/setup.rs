@@ -95,7 +95,14 @@ fn python_mcp_sdk() -> anyhow::Result<()> {
     if succeeds("python3", &["-c", &check]) {
         return Ok(());
     }
-    exec(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--root-user-action=ignore", PINNED]))
+    exec(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--root-user-action=ignore",
+        PINNED,
+    ]))
 }
 
 /// Tracepoints need tracefs; mount it where the kernel expects it if it is not there.
