@@ -31,8 +31,11 @@ pub mod counter {
     pub const REQUESTS_STARTED: u32 = 3;
     /// Requests whose end matched a recorded start.
     pub const REQUESTS_FINISHED: u32 = 4;
+    /// A request start reused the id of a request still in flight (a proxy bug); the
+    /// first start is kept.
+    pub const DUPLICATE_START: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Header of every ring-buffer record.

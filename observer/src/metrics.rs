@@ -50,6 +50,7 @@ pub struct Metrics {
     label_truncated: IntCounterVec,
     bad_user_pointers: IntCounter,
     in_flight_full: IntCounter,
+    duplicate_starts: IntCounter,
     unmatched_ends: IntCounter,
     caps: Mutex<RequestLabelCaps>,
     /// Kernel counter totals already folded into the series above.
@@ -124,6 +125,11 @@ impl Metrics {
             "Request starts not recorded because the in-flight map was full",
         )
         .expect("valid metric");
+        let duplicate_starts = IntCounter::new(
+            "mcp_observer_duplicate_request_starts_total",
+            "Request starts reusing the id of a request still in flight (the first start is kept)",
+        )
+        .expect("valid metric");
         let unmatched_ends = IntCounter::new(
             "mcp_observer_unmatched_request_ends_total",
             "Request ends without a recorded start (counted, but no latency observed)",
@@ -142,6 +148,7 @@ impl Metrics {
             Box::new(label_truncated.clone()),
             Box::new(bad_user_pointers.clone()),
             Box::new(in_flight_full.clone()),
+            Box::new(duplicate_starts.clone()),
             Box::new(unmatched_ends.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
@@ -164,6 +171,7 @@ impl Metrics {
             label_truncated,
             bad_user_pointers,
             in_flight_full,
+            duplicate_starts,
             unmatched_ends,
             caps: Mutex::new(RequestLabelCaps {
                 method: cap(),
@@ -238,6 +246,7 @@ impl Metrics {
         self.events_lost.with_label_values(&["request_end"]).inc_by(delta(counter::REQUEST_END_LOST));
         self.bad_user_pointers.inc_by(delta(counter::BAD_USER_POINTER));
         self.in_flight_full.inc_by(delta(counter::IN_FLIGHT_FULL));
+        self.duplicate_starts.inc_by(delta(counter::DUPLICATE_START));
         let started = totals[counter::REQUESTS_STARTED as usize];
         let finished = totals[counter::REQUESTS_FINISHED as usize];
         self.in_flight.set(started.saturating_sub(finished) as i64);

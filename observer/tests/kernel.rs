@@ -241,3 +241,51 @@ fn label_values_past_the_cap_fold_into_other_and_are_counted() {
         );
     }
 }
+
+#[test]
+fn a_misbehaving_proxy_is_counted_not_trusted() {
+    let _serial = kernel_test();
+    let mut proxy = Command::new(testbed_bin())
+        .arg("misbehave")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let observer = start_observer(&[proxy.id()], &[]);
+    proxy.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(proxy.wait_with_output().unwrap().status.success());
+    // Six ends were called; the one with a null RequestEnd cannot become an event.
+    wait_for(Duration::from_secs(5), "five request events", || {
+        value(&scrape(&observer), "mcp_observer_events_total", &[]) == 5.0
+    });
+    let metrics = scrape(&observer);
+    let requests = |method: &str, labels: &[(&str, &str)]| {
+        let mut all = vec![("method", method), ("transport", "misbehave")];
+        all.extend_from_slice(labels);
+        value(&metrics, "mcp_proxy_requests_total", &all)
+    };
+    let count = |metric: &str| value(&metrics, metric, &[]);
+    assert_eq!(requests("duplicate_start", &[("identity", "alice"), ("tool", "echo")]), 1.0);
+    assert_eq!(count("mcp_observer_duplicate_request_starts_total"), 1.0);
+    assert_eq!(requests("end_without_start", &[]), 1.0);
+    assert_eq!(count("mcp_observer_unmatched_request_ends_total"), 1.0);
+    assert_eq!(
+        value(&metrics, "mcp_proxy_request_duration_seconds_count", &[("method", "end_without_start")]),
+        0.0,
+        "an end without a start has no latency"
+    );
+    assert_eq!(requests("unreadable_tool", &[("tool", "")]), 1.0);
+    assert_eq!(
+        count("mcp_observer_bad_user_pointers_total"),
+        2.0,
+        "the unreadable tool and the null RequestEnd"
+    );
+    assert_eq!(requests("long_identity", &[("identity", &"x".repeat(128))]), 1.0);
+    assert_eq!(value(&metrics, "mcp_observer_label_truncated_total", &[("label", "identity")]), 1.0);
+    // The value is `caf\xff\xfe`; prometheus-parse keeps the exposition's `\\` escapes.
+    assert_eq!(requests("not_utf8_identity", &[("identity", r"caf\\xff\\xfe")]), 1.0);
+    assert_eq!(count("mcp_proxy_requests_total"), 5.0);
+    assert_eq!(count("mcp_proxy_requests_in_flight"), 0.0);
+    assert_eq!(count("mcp_observer_decode_errors_total"), 0.0);
+}

@@ -5,6 +5,7 @@ mod backend;
 mod burst;
 mod jsonrpc;
 mod load;
+mod misbehave;
 mod proxy;
 mod upstream;
 
@@ -37,6 +38,8 @@ enum Command {
         #[arg(long)]
         requests: u64,
     },
+    /// Call the probes like a buggy proxy would (bad pointers, duplicate ids, …), once each.
+    Misbehave,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
             Command::Backend { name } => backend::run(&name).await,
             Command::Load(args) => load::run(args).await,
             Command::Burst { requests } => burst::run(requests),
+            Command::Misbehave => misbehave::run(),
         }
     });
     match result {

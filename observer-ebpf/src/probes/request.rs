@@ -24,6 +24,9 @@ use crate::maps::{EVENTS, count, submit_flags};
 #[map]
 static IN_FLIGHT: HashMap<InFlightKey, u64> = HashMap::with_max_entries(65_536, 0);
 
+/// `bpf_map_update_elem` with `BPF_NOEXIST` on a key that is present.
+const EEXIST: i32 = -17;
+
 fn key(id: u64) -> InFlightKey {
     InFlightKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, pad: 0, id }
 }
@@ -34,6 +37,7 @@ pub fn mcp_request_start(ctx: ProbeContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     match IN_FLIGHT.insert(key(id), now, BPF_NOEXIST as u64) {
         Ok(()) => count(counter::REQUESTS_STARTED),
+        Err(EEXIST) => count(counter::DUPLICATE_START),
         Err(_) => count(counter::IN_FLIGHT_FULL),
     }
     0

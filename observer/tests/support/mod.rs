@@ -270,6 +270,7 @@ pub fn assert_requests_match(observer: &Running, truth: &[Truth]) {
         "mcp_observer_bad_user_pointers_total",
         "mcp_observer_unmatched_request_ends_total",
         "mcp_observer_in_flight_full_total",
+        "mcp_observer_duplicate_request_starts_total",
         "mcp_proxy_requests_in_flight",
     ] {
         assert_eq!(value(&metrics, clean, &[]), 0.0, "{clean}");
