@@ -1,6 +1,9 @@
 //! mcp-observe's kernel programs: one module per hook (`probes/request.rs`, …).
 #![no_std]
 #![no_main]
+// Atomic add on per-CPU counters (see maps::count): nightly builds this crate anyway.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod maps;
 mod probes;

@@ -5,6 +5,8 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use observer_common::counter;
 
 /// Every event goes through this one ring buffer. The agent may resize it at load.
@@ -23,8 +25,12 @@ static WAKEUP_THRESHOLD: u64 = 64 * 1024;
 
 pub fn count(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, and a BPF program is not preempted on its CPU.
-        unsafe { *slot += 1 };
+        // Atomic even though the slot is per-CPU: uprobe programs run with migration
+        // disabled but stay preemptible, so two on one CPU can interleave.
+        // The BPF target has no atomic RMW in `core::sync`; the intrinsic lowers to
+        // BPF's atomic add instruction.
+        // SAFETY: the map value is a live, aligned u64 for the program's duration.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
     }
 }
 

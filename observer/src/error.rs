@@ -12,6 +12,9 @@ pub enum ObserveError {
     #[error("cannot read /proc/{pid}/exe: {source}; run mcp-observe as root or grant it CAP_SYS_PTRACE")]
     ExeUnreadable { pid: u32, source: io::Error },
 
+    #[error("pid {pid} has no executable (a kernel thread, or a process exiting): pass the pid of the proxy")]
+    NoExecutable { pid: u32 },
+
     #[error("{} is not a valid ELF executable ({reason}); is pid {pid} a native proxy binary?", path.display())]
     BadElf { pid: u32, path: PathBuf, reason: String },
 
@@ -47,9 +50,9 @@ pub enum ObserveError {
     Listen { addr: SocketAddr, source: io::Error },
 
     #[error(
-        "--ring-buffer-bytes {bytes} is invalid: it must be a power of two and a multiple of the page size (4096), e.g. 262144"
+        "--ring-buffer-bytes {bytes} is invalid: it must be a power of two and a multiple of the page size ({page}), e.g. 262144"
     )]
-    RingBufferSize { bytes: u32 },
+    RingBufferSize { bytes: u32, page: u32 },
 }
 
 /// Facts of probe ABI v1 shared by the error messages and the ELF reader.

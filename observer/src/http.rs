@@ -31,8 +31,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let totals = state.kernel.lock().expect("kernel counters lock").totals();
-    state.metrics.sync_kernel_counters(totals);
+    match state.kernel.lock().expect("kernel counters lock").totals() {
+        Ok(totals) => state.metrics.sync_kernel_counters(totals),
+        Err(error) => log::warn!("reading the kernel counters: {error}; serving the previous values"),
+    }
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], state.metrics.encode())
 }
 

@@ -28,10 +28,12 @@ pub struct RingConfig {
 
 impl RingConfig {
     pub fn validate(self) -> Result<Self, ObserveError> {
-        if self.bytes.is_power_of_two() && self.bytes >= 4096 {
+        // SAFETY: sysconf has no preconditions.
+        let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        if self.bytes.is_power_of_two() && self.bytes >= page {
             Ok(self)
         } else {
-            Err(ObserveError::RingBufferSize { bytes: self.bytes })
+            Err(ObserveError::RingBufferSize { bytes: self.bytes, page })
         }
     }
 
@@ -81,7 +83,9 @@ impl Loaded {
         // inside another mount namespace.
         let target = PathBuf::from(format!("/proc/{pid}/exe"));
         let mut attached = Vec::new();
-        for &(probe, program) in CATALOGUE {
+        // Ends before starts: a request ending between the two attaches must not leave
+        // a start behind that no end will ever match (an end without a start is counted).
+        for &(probe, program) in CATALOGUE.iter().rev() {
             let site = table.site(probe).expect("probes::for_pid checked the catalogue");
             let uprobe: &mut UProbe = self
                 .ebpf
@@ -122,12 +126,11 @@ pub struct KernelCounters {
 
 impl KernelCounters {
     /// Each counter summed over CPUs.
-    pub fn totals(&self) -> [u64; counter::COUNT as usize] {
-        std::array::from_fn(|i| {
-            self.array.get(&(i as u32), 0).map(|values| values.iter().sum()).unwrap_or_else(|e| {
-                log::warn!("reading kernel counter {i}: {e}");
-                0
-            })
-        })
+    pub fn totals(&self) -> Result<[u64; counter::COUNT as usize], aya::maps::MapError> {
+        let mut totals = [0; counter::COUNT as usize];
+        for (index, total) in (0..).zip(totals.iter_mut()) {
+            *total = self.array.get(&index, 0)?.iter().sum();
+        }
+        Ok(totals)
     }
 }

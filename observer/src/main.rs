@@ -66,6 +66,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// The pids in the order given, each once: attaching twice would count every request twice.
+fn unique_pids(pids: &[u32]) -> Vec<u32> {
+    let mut seen = std::collections::HashSet::new();
+    pids.iter().copied().filter(|pid| seen.insert(*pid)).collect()
+}
+
 /// The loaded programs and what they were attached to.
 struct Attachment {
     loaded: Loaded,
@@ -76,10 +82,9 @@ struct Attachment {
 /// Finds the probes of every target and attaches them.
 fn attach_all(cli: &Cli) -> Result<Attachment, ObserveError> {
     let ring = RingConfig { bytes: cli.ring_buffer_bytes }.validate()?;
-    let tables = cli
-        .pids
-        .iter()
-        .map(|&pid| probes::for_pid(pid).map(|table| (pid, table)))
+    let tables = unique_pids(&cli.pids)
+        .into_iter()
+        .map(|pid| probes::for_pid(pid).map(|table| (pid, table)))
         .collect::<Result<Vec<_>, _>>()?;
     kernel::require_uprobe_support()?;
     let mut loaded = Loaded::load(ring)?;
@@ -168,7 +173,7 @@ fn serve(cli: &Cli) -> Result<(), ObserveError> {
         let drain =
             events::drain_forever(ring, metrics.clone(), Duration::from_millis(cli.drain_interval_ms));
         let server = axum::serve(listener, http::router(state.clone())).into_future();
-        let watch = watch_targets(cli.pids.clone(), state);
+        let watch = watch_targets(unique_pids(&cli.pids), state);
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             result = drain => log::error!("ring-buffer reader stopped: {result:?}"),
@@ -190,6 +195,8 @@ async fn watch_targets(pids: Vec<u32>, state: Arc<AppState>) {
         ticker.tick().await;
         let alive = pids.iter().filter(|pid| Path::new(&format!("/proc/{pid}")).exists()).count();
         state.metrics.targets.set(alive as i64);
+        // A dead process's uprobes no longer fire.
+        state.metrics.probes_attached.set((alive * probes::CATALOGUE.len()) as i64);
         if alive < pids.len() && state.ready.swap(false, Ordering::Relaxed) {
             log::warn!(
                 "{} of {} target process(es) exited; metrics stay served",

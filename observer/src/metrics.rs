@@ -239,9 +239,11 @@ impl Metrics {
         }
     }
 
-    /// Folds the kernel's counter totals (summed over CPUs) into the series.
+    /// Folds the kernel's counter totals (summed over CPUs) into the series. Totals only
+    /// grow; a stale read from a concurrent scrape adds nothing.
     pub fn sync_kernel_counters(&self, totals: [u64; counter::COUNT as usize]) {
         let mut seen = self.kernel_seen.lock().expect("kernel counters lock");
+        let totals: [u64; counter::COUNT as usize] = std::array::from_fn(|i| totals[i].max(seen[i]));
         let delta = |i: u32| totals[i as usize].saturating_sub(seen[i as usize]);
         self.events_lost.with_label_values(&["request_end"]).inc_by(delta(counter::REQUEST_END_LOST));
         self.bad_user_pointers.inc_by(delta(counter::BAD_USER_POINTER));

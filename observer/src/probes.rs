@@ -64,8 +64,12 @@ pub fn for_pid(pid: u32) -> Result<ProbeTable, ObserveError> {
         return Err(ObserveError::NoSuchProcess { pid });
     }
     let exe = proc.join("exe");
-    let path = std::fs::read_link(&exe).map_err(|source| ObserveError::ExeUnreadable { pid, source })?;
-    let data = std::fs::read(&exe).map_err(|source| ObserveError::ExeUnreadable { pid, source })?;
+    let unreadable = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::NotFound => ObserveError::NoExecutable { pid },
+        _ => ObserveError::ExeUnreadable { pid, source },
+    };
+    let path = std::fs::read_link(&exe).map_err(unreadable)?;
+    let data = std::fs::read(&exe).map_err(unreadable)?;
     let table =
         from_elf(&data, &path).map_err(|reason| ObserveError::BadElf { pid, path: path.clone(), reason })?;
     let Some(table) = table else {
@@ -88,14 +92,15 @@ pub fn from_elf(data: &[u8], path: &Path) -> Result<Option<ProbeTable>, String> 
         None => from_symbols(&file).map(|found| (found, Source::Symbols)),
     };
     let Some(((abi_version, raw), source)) = found else { return Ok(None) };
+    // A probe the linker discarded (never called) keeps its note with a tombstone address
+    // that lies in no segment: it is absent, not an error.
     let sites = raw
         .into_iter()
-        .map(|(name, address)| {
-            let file_offset = file_offset(&file, address)
-                .ok_or_else(|| format!("probe {name} at {address:#x} lies in no loadable segment"))?;
-            Ok(ProbeSite { name, address, file_offset })
+        .filter_map(|(name, address)| {
+            let file_offset = file_offset(&file, address)?;
+            Some(ProbeSite { name, address, file_offset })
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect();
     Ok(Some(ProbeTable { path: path.to_path_buf(), abi_version, source, sites }))
 }
 

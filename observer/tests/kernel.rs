@@ -133,6 +133,13 @@ fn errors_name_the_problem_and_the_next_step() {
         )
     );
 
+    let (code, _, stderr) = observe_once(&["--pid", "2", "--check"], &[]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr,
+        "mcp-observe: error: pid 2 has no executable (a kernel thread, or a process exiting): pass the pid of the proxy\n"
+    );
+
     let mut plain = Command::new("sleep").arg("30").spawn().unwrap();
     let exe = std::fs::read_link(format!("/proc/{}/exe", plain.id())).unwrap();
     let (code, _, stderr) = observe_once(&["--pid", &plain.id().to_string(), "--check"], &[]);
@@ -173,14 +180,16 @@ fn sigterm_detaches_every_probe() {
     let _serial = kernel_test();
     let proxy = start_proxy(&testbed_bin());
     let mut observer = start_observer(&[proxy.pid()], &[]);
-    let ours = program_ids(&["mcp_request_start", "mcp_request_end"]);
-    assert_eq!(ours.len(), 2, "our programs are loaded");
+    let ours = programs_held_by(observer.pid());
+    assert_eq!(ours.len(), 2, "the observer holds its two programs");
     assert_eq!(links_of(&ours), 2, "one link per probe");
     observer.signal(libc::SIGTERM);
     let status = observer.child.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
     assert_eq!(links_of(&ours), 0, "links left behind");
-    assert!(program_ids(&["mcp_request_start", "mcp_request_end"]).is_empty(), "programs left loaded");
+    let loaded: Vec<u64> =
+        bpftool(&["prog", "list"]).as_array().unwrap().iter().filter_map(|p| p["id"].as_u64()).collect();
+    assert!(ours.iter().all(|id| !loaded.contains(id)), "programs left loaded");
 }
 
 fn bpftool(args: &[&str]) -> serde_json::Value {
@@ -189,14 +198,19 @@ fn bpftool(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).expect("bpftool JSON")
 }
 
-fn program_ids(names: &[&str]) -> Vec<u64> {
-    bpftool(&["prog", "list"])
-        .as_array()
+/// Ids of the BPF programs whose file descriptors process `pid` holds (from fdinfo).
+fn programs_held_by(pid: u32) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .unwrap()
-        .iter()
-        .filter(|p| p["name"].as_str().is_some_and(|n| names.contains(&n)))
-        .map(|p| p["id"].as_u64().unwrap())
-        .collect()
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+        .filter(|info| !info.contains("link_id:"))
+        .filter_map(|info| {
+            info.lines().find_map(|l| l.strip_prefix("prog_id:")).map(|id| id.trim().parse().unwrap())
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 fn links_of(programs: &[u64]) -> usize {
@@ -288,4 +302,41 @@ fn a_misbehaving_proxy_is_counted_not_trusted() {
     assert_eq!(count("mcp_proxy_requests_total"), 5.0);
     assert_eq!(count("mcp_proxy_requests_in_flight"), 0.0);
     assert_eq!(count("mcp_observer_decode_errors_total"), 0.0);
+}
+
+#[test]
+fn attaching_mid_load_and_clients_hanging_up_leave_nothing_in_flight() {
+    let _serial = kernel_test();
+    let proxy = start_proxy(&testbed_bin());
+    let observer = std::thread::scope(|s| {
+        let load = s.spawn(|| run_load(&proxy, 400, 16, 31, 100));
+        std::thread::sleep(Duration::from_millis(300));
+        let observer = start_observer(&[proxy.pid()], &[]);
+        load.join().unwrap();
+        observer
+    });
+    // Clients that give up on slow calls: the proxy still finishes (and ends) them.
+    let url = format!("http://{}/mcp", proxy.addr);
+    for i in 0..5 {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"alpha__sleep","arguments":{{"ms":300}}}}}}"#
+        );
+        let hung_up = ureq::post(&url)
+            .header("authorization", "Bearer alice-token")
+            .content_type("application/json")
+            .config()
+            .timeout_global(Some(Duration::from_millis(50)))
+            .build()
+            .send(body);
+        assert!(hung_up.is_err(), "the client should have given up");
+    }
+    wait_for(Duration::from_secs(5), "no request in flight", || {
+        let metrics = scrape(&observer);
+        value(&metrics, "mcp_proxy_requests_in_flight", &[]) == 0.0
+            && value(&metrics, "mcp_proxy_requests_total", &[("tool", "sleep"), ("status", "ok")]) > 0.0
+    });
+    let metrics = scrape(&observer);
+    for clean in ["mcp_observer_duplicate_request_starts_total", "mcp_observer_in_flight_full_total"] {
+        assert_eq!(value(&metrics, clean, &[]), 0.0, "{clean}");
+    }
 }

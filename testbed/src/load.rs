@@ -209,11 +209,13 @@ fn judge(identity: &str, method: &str, params: &Value, reply: &Reply) -> Truth {
     let status = match (reply.http, error_code) {
         (401, _) => "auth_failed",
         (_, Some(jsonrpc::ACCESS_DENIED)) => "acl_denied",
+        (_, Some(jsonrpc::REQUEST_TIMEOUT)) => "timeout",
         (_, Some(_)) => "jsonrpc_error",
         _ if reply.body.pointer("/result/isError") == Some(&Value::Bool(true)) => "tool_error",
         _ => "ok",
     };
-    // Requests refused before routing never reached a backend.
+    // Requests refused before routing never reached a backend (backends never answer
+    // INVALID_PARAMS: the proxy only forwards tools they listed).
     if status == "auth_failed" || error_code == Some(jsonrpc::INVALID_PARAMS) {
         (server, tool) = (String::new(), String::new());
     }

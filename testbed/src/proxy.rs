@@ -103,8 +103,17 @@ async fn handle(State(proxy): State<Arc<Proxy>>, headers: HeaderMap, body: Bytes
             );
         }
     };
-    // Notifications and responses get no reply and are not requests: no probes.
-    let Some(id) = message.get("id").cloned() else { return StatusCode::ACCEPTED.into_response() };
+    // Notifications (no id) and responses (no method) are not requests: no probes.
+    let (Some(id), Some(_)) = (message.get("id").cloned(), message.get("method")) else {
+        return StatusCode::ACCEPTED.into_response();
+    };
+    // Run to the end even if the client goes away (hyper then drops this future), so
+    // that every request_start meets its request_end.
+    let handled = tokio::spawn(async move { respond(proxy, headers, message, id).await });
+    handled.await.unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn respond(proxy: Arc<Proxy>, headers: HeaderMap, message: Value, id: Value) -> Response {
     let request = proxy.next_request.fetch_add(1, Ordering::Relaxed);
     mcp_probes::request_start(request);
 
@@ -223,7 +232,7 @@ impl Proxy {
             json!({"name": tool, "arguments": params.get("arguments").cloned().unwrap_or(json!({}))});
         match tokio::time::timeout(self.call_timeout, backend.call("tools/call", forwarded)).await {
             Err(_) => {
-                routed(jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, "backend timed out"), Status::Timeout)
+                routed(jsonrpc::error(id, jsonrpc::REQUEST_TIMEOUT, "backend timed out"), Status::Timeout)
             }
             Ok(Err(error)) => {
                 routed(jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &error.to_string()), Status::JsonrpcError)

@@ -64,6 +64,8 @@ impl Upstream {
                     let _ = waiter.send(message);
                 }
             }
+            // The backend is gone: fail every caller now rather than at its timeout.
+            replies.lock().expect("pending lock").clear();
         });
         let mut upstream = Self {
             name: name.to_string(),
@@ -91,6 +93,8 @@ impl Upstream {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("pending lock").insert(id, tx);
+        // Whether answered, timed out or cancelled, the waiter leaves `pending`.
+        let _forget = Forget { pending: &self.pending, id };
         self.send(&jsonrpc::request(id, method, params))?;
         rx.await.map_err(|_| anyhow!("backend {} exited", self.name))
     }
@@ -99,5 +103,17 @@ impl Upstream {
         let mut line = message.to_string();
         line.push('\n');
         self.outbox.send(line).map_err(|_| anyhow!("backend {} is gone", self.name))
+    }
+}
+
+/// Removes a request's waiter from `pending` when its caller stops waiting.
+struct Forget<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.pending.lock().expect("pending lock").remove(&self.id);
     }
 }

@@ -51,10 +51,13 @@ pub fn mcp_request_end(ctx: ProbeContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let key = key(id);
     // SAFETY: the value is copied out before the entry is removed.
-    let start = unsafe { IN_FLIGHT.get(key) }.copied();
-    if start.is_some() {
-        let _ = IN_FLIGHT.remove(key);
+    let mut start = unsafe { IN_FLIGHT.get(key) }.copied();
+    // Only the end that removes the entry owns the start: two ends racing on one id
+    // must not both count as finished.
+    if IN_FLIGHT.remove(key).is_ok() {
         count(counter::REQUESTS_FINISHED);
+    } else {
+        start = None;
     }
     // SAFETY: bpf_probe_read_user fails cleanly on an unmapped address.
     let Ok(end) = (unsafe { bpf_probe_read_user(end_ptr) }) else {

@@ -304,7 +304,7 @@ pub fn observe_once(args: &[&str], wrapper: &[&str]) -> (i32, String, String) {
         }
         None => Command::new(observer_bin()),
     };
-    let output = command.args(args).output().expect("run mcp-observe");
+    let output = command.args(args).env_remove("RUST_LOG").output().expect("run mcp-observe");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
