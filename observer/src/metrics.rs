@@ -28,14 +28,6 @@ pub struct LabelLimits {
     pub max_values: usize,
 }
 
-struct RequestLabelCaps {
-    method: CappedLabel,
-    transport: CappedLabel,
-    identity: CappedLabel,
-    server: CappedLabel,
-    tool: CappedLabel,
-}
-
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
@@ -52,7 +44,8 @@ pub struct Metrics {
     in_flight_full: IntCounter,
     duplicate_starts: IntCounter,
     unmatched_ends: IntCounter,
-    caps: Mutex<RequestLabelCaps>,
+    /// One cap per string label of a request, in `fields` order (see record_request_end).
+    caps: Mutex<[CappedLabel; 5]>,
     /// Kernel counter totals already folded into the series above.
     kernel_seen: Mutex<[u64; counter::COUNT as usize]>,
 }
@@ -156,7 +149,6 @@ impl Metrics {
         // Present from the start, so that a dashboard sees 0 rather than no data.
         events.with_label_values(&["request_end"]);
         events_lost.with_label_values(&["request_end"]);
-        let cap = || CappedLabel::new(limits.max_values);
         Self {
             registry,
             requests,
@@ -173,13 +165,7 @@ impl Metrics {
             in_flight_full,
             duplicate_starts,
             unmatched_ends,
-            caps: Mutex::new(RequestLabelCaps {
-                method: cap(),
-                transport: cap(),
-                identity: cap(),
-                server: cap(),
-                tool: cap(),
-            }),
+            caps: Mutex::new(std::array::from_fn(|_| CappedLabel::new(limits.max_values))),
             kernel_seen: Mutex::new([0; counter::COUNT as usize]),
         }
     }
@@ -201,34 +187,27 @@ impl Metrics {
             self.decode_error(&DecodeError::Status { code: end.status });
             return;
         };
-        let fields: [(&str, &[u8], u16, u32); 5] = [
-            ("method", &end.method, end.method_len, request::FIELD_METHOD),
-            ("transport", &end.transport, end.transport_len, request::FIELD_TRANSPORT),
-            ("identity", &end.identity, end.identity_len, request::FIELD_IDENTITY),
-            ("server", &end.server, end.server_len, request::FIELD_SERVER),
-            ("tool", &end.tool, end.tool_len, request::FIELD_TOOL),
+        // In struct (and FIELD_*) order.
+        let fields: [(&str, &[u8], u16); 5] = [
+            ("method", &end.method, end.method_len),
+            ("transport", &end.transport, end.transport_len),
+            ("identity", &end.identity, end.identity_len),
+            ("server", &end.server, end.server_len),
+            ("tool", &end.tool, end.tool_len),
         ];
-        let mut values = fields.map(|(label, bytes, len, field)| {
-            if end.flags & (1 << (request::FLAG_TRUNCATED_SHIFT + field)) != 0 {
+        let mut caps = self.caps.lock().expect("label caps lock");
+        let values: [String; 5] = std::array::from_fn(|field| {
+            let (label, bytes, len) = fields[field];
+            if end.flags & (1 << (request::FLAG_TRUNCATED_SHIFT + field as u32)) != 0 {
                 self.label_truncated.with_label_values(&[label]).inc();
             }
-            escape_utf8(&bytes[..usize::from(len)])
-        });
-        {
-            let mut caps = self.caps.lock().expect("label caps lock");
-            let RequestLabelCaps { method, transport, identity, server, tool } = &mut *caps;
-            for ((cap, value), label) in [method, transport, identity, server, tool]
-                .into_iter()
-                .zip(values.iter_mut())
-                .zip(["method", "transport", "identity", "server", "tool"])
-            {
-                let (admitted, folded) = cap.admit(std::mem::take(value));
-                if folded {
-                    self.label_overflow.with_label_values(&[label]).inc();
-                }
-                *value = admitted;
+            let (value, folded) = caps[field].admit(escape_utf8(&bytes[..usize::from(len)]));
+            if folded {
+                self.label_overflow.with_label_values(&[label]).inc();
             }
-        }
+            value
+        });
+        drop(caps);
         let [method, transport, identity, server, tool] = &values;
         let labels = [method.as_str(), transport, status, identity, server, tool];
         self.requests.with_label_values(&labels).inc();

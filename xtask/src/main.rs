@@ -4,7 +4,10 @@
 mod demo;
 mod setup;
 
-use std::process::Command;
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -58,7 +61,35 @@ fn test() -> anyhow::Result<()> {
     ]))?;
     cargo(&["check", "--package", "mcp-probes", "--target", "aarch64-unknown-linux-gnu"])?;
     cargo(&["build", "--release"])?;
-    cargo(&["test", "--release", "--", "--test-threads=1"])
+    cargo_test(&["test", "--release", "--", "--test-threads=1"])
+}
+
+/// Runs `cargo test`, echoing its output, and closes with the totals over every test
+/// binary: cargo's own last line is that of the last (often empty) doc-test target.
+fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("xtask: running cargo {}", args.join(" "));
+    let mut child =
+        Command::new("cargo").args(args).stdout(Stdio::piped()).spawn().context("starting cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().context("cargo test stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                result
+                    .split([';', '.'])
+                    .find_map(|part| part.trim().strip_suffix(word)?.trim().parse::<u64>().ok())
+            };
+            passed += count(" passed").unwrap_or(0);
+            failed += count(" failed").unwrap_or(0);
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo {} failed: {status}", args.join(" "));
+    }
+    Ok(())
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
