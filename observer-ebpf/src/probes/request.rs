@@ -65,6 +65,7 @@ pub fn mcp_request_end(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let Some(mut event) = EVENTS.reserve::<RequestEndEvent>(0) else {
+        // Ring buffer full: the event is lost, and counted so that received + lost = sent.
         count(counter::REQUEST_END_LOST);
         return 0;
     };
