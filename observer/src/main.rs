@@ -145,7 +145,7 @@ fn serve(cli: &Cli) -> Result<(), ObserveError> {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let Attachment { mut loaded, attached, .. } = attach_all(cli)?;
+        let Attachment { mut loaded, tables, attached } = attach_all(cli)?;
         for a in &attached {
             log::info!(
                 "attached mcp_probe_{} in {} (pid {}) at file offset {:#x}",
@@ -173,7 +173,7 @@ fn serve(cli: &Cli) -> Result<(), ObserveError> {
         let drain =
             events::drain_forever(ring, metrics.clone(), Duration::from_millis(cli.drain_interval_ms));
         let server = axum::serve(listener, http::router(state.clone())).into_future();
-        let watch = watch_targets(unique_pids(&cli.pids), state);
+        let watch = watch_targets(tables.iter().map(|(pid, _)| *pid).collect(), state);
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             result = drain => log::error!("ring-buffer reader stopped: {result:?}"),
