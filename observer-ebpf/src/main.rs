@@ -5,8 +5,15 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod event;
 mod maps;
 mod probes;
+
+/// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, the clock the agent compares ages against.
+fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+}
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -7,70 +7,71 @@
 use std::{sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
-use observer_common::{
-    EventHeader, kind,
-    request::{self, RequestEndEvent},
-};
+use observer_common::{CAPS, EventHeader, ProbeEvent, field, kind};
 use tokio::io::unix::AsyncFd;
 
 use crate::metrics::Metrics;
 
-/// How a request ended (`mcp_probes::Status`), as its `status` label.
-pub fn status_label(code: u32) -> Option<&'static str> {
-    const NAMES: [&str; 7] =
-        ["ok", "jsonrpc_error", "tool_error", "timeout", "acl_denied", "auth_failed", "connect_failed"];
-    NAMES.get(code as usize).copied()
+/// Label values of the ABI's enumerations, indexed by their numeric values.
+pub mod names {
+    pub const STATUS: &[&str] =
+        &["ok", "jsonrpc_error", "tool_error", "timeout", "acl_denied", "auth_failed", "connect_failed"];
+    pub const DECISION: &[&str] = &["allow", "deny"];
+    pub const AUTH_FAILURE: &[&str] = &["missing_credentials", "invalid_credentials", "expired", "other"];
+    pub const CONNECT_KIND: &[&str] = &["initial", "lazy"];
+    pub const CONNECT_RESULT: &[&str] = &["ok", "error"];
+    pub const DISCONNECT_REASON: &[&str] = &["idle_reaped", "error", "shutdown"];
+    pub const SESSION_CLOSE_REASON: &[&str] = &["client_closed", "expired", "shutdown", "error"];
+    pub const CACHE_OUTCOME: &[&str] = &["hit", "miss"];
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("record of {len} bytes is shorter than an event header")]
-    Short { len: usize },
+    #[error("record of {len} bytes, expected {expected}")]
+    Length { len: usize, expected: usize },
     #[error("unknown event kind {kind}")]
     UnknownKind { kind: u32 },
-    #[error("event kind {kind} has {len} bytes, expected {expected}")]
-    Length { kind: u32, len: usize, expected: usize },
-    #[error("unknown request status {code}")]
-    Status { code: u32 },
     #[error("string length {len} exceeds its capacity {cap}")]
     StringLength { len: u16, cap: usize },
+    #[error("{what} {value} is not defined by probe ABI v1")]
+    Value { what: &'static str, value: u64 },
 }
 
-/// A decoded record.
-#[derive(Debug)]
-pub enum Event {
-    RequestEnd(Box<RequestEndEvent>),
+/// The label of ABI value `value` in `table` (one of [`names`]).
+pub fn name(table: &[&'static str], what: &'static str, value: u64) -> Result<&'static str, DecodeError> {
+    usize::try_from(value).ok().and_then(|i| table.get(i).copied()).ok_or(DecodeError::Value { what, value })
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
-    if bytes.len() < size_of::<EventHeader>() {
-        return Err(DecodeError::Short { len: bytes.len() });
+/// Checks a record and copies it out of the ring buffer.
+pub fn decode(bytes: &[u8]) -> Result<Box<ProbeEvent>, DecodeError> {
+    let expected = size_of::<ProbeEvent>();
+    if bytes.len() != expected {
+        return Err(DecodeError::Length { len: bytes.len(), expected });
     }
-    // SAFETY: length checked above; EventHeader is plain integers.
-    let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    match header.kind {
-        kind::REQUEST_END => {
-            let expected = size_of::<RequestEndEvent>();
-            if bytes.len() != expected {
-                return Err(DecodeError::Length { kind: header.kind, len: bytes.len(), expected });
-            }
-            // SAFETY: length checked above; RequestEndEvent is plain integers and bytes.
-            let event: RequestEndEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-            for (len, cap) in [
-                (event.method_len, request::METHOD_CAP),
-                (event.transport_len, request::TRANSPORT_CAP),
-                (event.identity_len, request::IDENTITY_CAP),
-                (event.server_len, request::SERVER_CAP),
-                (event.tool_len, request::TOOL_CAP),
-            ] {
-                if usize::from(len) > cap {
-                    return Err(DecodeError::StringLength { len, cap });
-                }
-            }
-            Ok(Event::RequestEnd(Box::new(event)))
+    // SAFETY: length checked above; ProbeEvent is plain integers and bytes.
+    let event: ProbeEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let EventHeader { kind, .. } = event.header;
+    if kind == 0 || kind >= kind::END {
+        return Err(DecodeError::UnknownKind { kind });
+    }
+    for (&len, &cap) in event.lens.iter().zip(&CAPS) {
+        if usize::from(len) > cap {
+            return Err(DecodeError::StringLength { len, cap });
         }
-        kind => Err(DecodeError::UnknownKind { kind }),
     }
+    Ok(Box::new(event))
+}
+
+/// The bytes of string slot `slot` (one of `observer_common::field`).
+pub fn string(event: &ProbeEvent, slot: usize) -> &[u8] {
+    let bytes: &[u8] = match slot {
+        field::METHOD => &event.method,
+        field::TRANSPORT => &event.transport,
+        field::IDENTITY => &event.identity,
+        field::SERVER => &event.server,
+        _ => &event.tool,
+    };
+    &bytes[..usize::from(event.lens[slot])]
 }
 
 /// Drains `ring` into `metrics` forever: every `interval`, and whenever the kernel wakes us.
@@ -109,39 +110,38 @@ fn drain(ring: &mut RingBuf<MapData>, metrics: &Metrics) {
 mod tests {
     use super::*;
 
-    fn request_end_bytes(tool: &[u8], tool_len: u16) -> Vec<u8> {
-        // SAFETY: all-zero is a valid RequestEndEvent.
-        let mut event: RequestEndEvent = unsafe { std::mem::zeroed() };
-        event.header.kind = kind::REQUEST_END;
+    fn bytes(kind: u32, tool: &[u8], tool_len: u16) -> Vec<u8> {
+        // SAFETY: all-zero is a valid ProbeEvent.
+        let mut event: ProbeEvent = unsafe { std::mem::zeroed() };
+        event.header.kind = kind;
         event.tool[..tool.len()].copy_from_slice(tool);
-        event.tool_len = tool_len;
+        event.lens[field::TOOL] = tool_len;
         // SAFETY: a repr(C) struct without padding viewed as bytes.
-        unsafe { std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<RequestEndEvent>()) }
+        unsafe { std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<ProbeEvent>()) }
             .to_vec()
     }
 
     #[test]
-    fn decodes_a_request_end() {
-        let Event::RequestEnd(event) = decode(&request_end_bytes(b"echo", 4)).unwrap();
-        assert_eq!(&event.tool[..usize::from(event.tool_len)], b"echo");
+    fn decodes_an_event_and_its_strings() {
+        let event = decode(&bytes(kind::REQUEST_END, b"echo", 4)).unwrap();
+        assert_eq!(string(&event, field::TOOL), b"echo");
+        assert_eq!(string(&event, field::METHOD), b"");
     }
 
     #[test]
     fn rejects_short_unknown_and_overlong_records() {
-        assert_eq!(decode(&[0; 8]).unwrap_err(), DecodeError::Short { len: 8 });
-        let mut unknown = request_end_bytes(b"", 0);
-        unknown[0] = 99;
-        assert_eq!(decode(&unknown).unwrap_err(), DecodeError::UnknownKind { kind: 99 });
-        let truncated = &request_end_bytes(b"", 0)[..100];
-        assert!(matches!(decode(truncated), Err(DecodeError::Length { len: 100, .. })));
-        let overlong = request_end_bytes(b"", request::TOOL_CAP as u16 + 1);
+        assert!(matches!(decode(&[0; 8]), Err(DecodeError::Length { len: 8, .. })));
+        assert_eq!(decode(&bytes(99, b"", 0)).unwrap_err(), DecodeError::UnknownKind { kind: 99 });
+        assert_eq!(decode(&bytes(0, b"", 0)).unwrap_err(), DecodeError::UnknownKind { kind: 0 });
+        let overlong = bytes(kind::ACL_DECISION, b"", observer_common::TOOL_CAP as u16 + 1);
         assert!(matches!(decode(&overlong), Err(DecodeError::StringLength { .. })));
     }
 
     #[test]
-    fn every_abi_status_has_a_label() {
-        assert_eq!(status_label(0), Some("ok"));
-        assert_eq!(status_label(6), Some("connect_failed"));
-        assert_eq!(status_label(7), None);
+    fn abi_values_have_labels_and_others_are_errors() {
+        assert_eq!(name(names::STATUS, "status", 6), Ok("connect_failed"));
+        assert_eq!(name(names::STATUS, "status", 7), Err(DecodeError::Value { what: "status", value: 7 }));
+        assert_eq!(name(names::DISCONNECT_REASON, "reason", 2), Ok("shutdown"));
+        assert!(name(names::DECISION, "decision", u64::MAX).is_err());
     }
 }

@@ -13,11 +13,11 @@ use axum::{
     routing::get,
 };
 
-use crate::{loader::KernelCounters, metrics::Metrics};
+use crate::{maps::KernelMaps, metrics::Metrics};
 
 pub struct AppState {
     pub metrics: Arc<Metrics>,
-    pub kernel: Mutex<KernelCounters>,
+    pub kernel: Mutex<KernelMaps>,
     /// Every probe of every live target is attached.
     pub ready: AtomicBool,
 }
@@ -31,10 +31,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    match state.kernel.lock().expect("kernel counters lock").totals() {
-        Ok(totals) => state.metrics.sync_kernel_counters(totals),
-        Err(error) => log::warn!("reading the kernel counters: {error}; serving the previous values"),
-    }
+    state.kernel.lock().expect("kernel maps lock").refresh(&state.metrics);
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], state.metrics.encode())
 }
 

@@ -4,16 +4,17 @@ use std::{num::NonZeroU32, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         UProbe,
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
-use observer_common::{COUNTERS_MAP, EVENTS_MAP, WAKEUP_THRESHOLD_GLOBAL, counter};
+use observer_common::{COUNTERS_MAP, EVENTS_MAP, IN_FLIGHT_MAP, WAKEUP_THRESHOLD_GLOBAL};
 
 use crate::{
     error::ObserveError,
+    maps::KernelMaps,
     probes::{CATALOGUE, ProbeTable},
 };
 
@@ -76,17 +77,19 @@ impl Loaded {
         Ok(Self { ebpf })
     }
 
-    /// Attaches every catalogued probe of `table` for process `pid` only.
+    /// Attaches every catalogued probe that `table` has, for process `pid` only.
     pub fn attach(&mut self, pid: u32, table: &ProbeTable) -> Result<Vec<Attached>, ObserveError> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(ObserveError::NoSuchProcess { pid })?);
         // Through /proc/PID/exe the kernel resolves the very file the process runs, even
         // inside another mount namespace.
         let target = PathBuf::from(format!("/proc/{pid}/exe"));
         let mut attached = Vec::new();
-        // Ends before starts: a request ending between the two attaches must not leave
-        // a start behind that no end will ever match (an end without a start is counted).
+        // Ends before starts (the catalogue lists starts first): a request, connection or
+        // session that begins between two attaches must not be left open forever (an end
+        // without a start is counted instead).
         for &(probe, program) in CATALOGUE.iter().rev() {
-            let site = table.site(probe).expect("probes::for_pid checked the catalogue");
+            // Probes the proxy never calls may have been discarded by its linker.
+            let Some(site) = table.site(probe) else { continue };
             let uprobe: &mut UProbe = self
                 .ebpf
                 .program_mut(program)
@@ -111,26 +114,14 @@ impl Loaded {
         RingBuf::try_from(map).map_err(|e| ObserveError::Map { name: EVENTS_MAP, source: Box::new(e) })
     }
 
-    pub fn take_counters(&mut self) -> Result<KernelCounters, ObserveError> {
-        let map = self.ebpf.take_map(COUNTERS_MAP).expect("eBPF object has the counters");
-        let array = PerCpuArray::try_from(map)
+    /// The maps read at scrape time. `request_expiry`: see [`KernelMaps`].
+    pub fn take_maps(&mut self, request_expiry: std::time::Duration) -> Result<KernelMaps, ObserveError> {
+        let counters = self.ebpf.take_map(COUNTERS_MAP).expect("eBPF object has the counters");
+        let counters = PerCpuArray::try_from(counters)
             .map_err(|e| ObserveError::Map { name: COUNTERS_MAP, source: Box::new(e) })?;
-        Ok(KernelCounters { array })
-    }
-}
-
-/// The per-CPU counters of `observer_common::counter`.
-pub struct KernelCounters {
-    array: PerCpuArray<MapData, u64>,
-}
-
-impl KernelCounters {
-    /// Each counter summed over CPUs.
-    pub fn totals(&self) -> Result<[u64; counter::COUNT as usize], aya::maps::MapError> {
-        let mut totals = [0; counter::COUNT as usize];
-        for (index, total) in (0..).zip(totals.iter_mut()) {
-            *total = self.array.get(&index, 0)?.iter().sum();
-        }
-        Ok(totals)
+        let in_flight = self.ebpf.take_map(IN_FLIGHT_MAP).expect("eBPF object has the in-flight map");
+        let in_flight = HashMap::try_from(in_flight)
+            .map_err(|e| ObserveError::Map { name: IN_FLIGHT_MAP, source: Box::new(e) })?;
+        Ok(KernelMaps { counters, in_flight, request_expiry })
     }
 }

@@ -7,8 +7,10 @@ mod http;
 mod kernel;
 mod labels;
 mod loader;
+mod maps;
 mod metrics;
 mod probes;
+mod spans;
 
 use std::{
     net::SocketAddr,
@@ -24,8 +26,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     error::ObserveError,
     http::AppState,
+    labels::{IdentityMode, LabelConfig},
     loader::{Attached, Loaded, RingConfig},
-    metrics::{LabelLimits, Metrics},
+    metrics::Metrics,
     probes::ProbeTable,
 };
 
@@ -48,9 +51,61 @@ struct Cli {
     /// How often the agent drains the ring buffer, in milliseconds.
     #[arg(long, default_value_t = 5, value_name = "MS")]
     drain_interval_ms: u64,
-    /// Distinct values kept per client-controlled label; the rest become __other__.
+    /// Count a request in flight longer than this as status="timeout" and forget it
+    /// (the proxy dropped it without ending it). Keep it above the proxy's own timeout.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    request_expiry_secs: u64,
+    #[command(flatten)]
+    labels: LabelArgs,
+}
+
+/// Cardinality: distinct values kept per label (the rest fold into `__other__`, counted in
+/// mcp_observer_label_overflow_total), the tool allowlist and what to do with identities.
+#[derive(Debug, clap::Args)]
+struct LabelArgs {
+    /// Distinct `method` values kept (clients can send any method name).
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    max_methods: usize,
+    /// Distinct `transport` values kept.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    max_transports: usize,
+    /// Distinct `identity` values kept.
     #[arg(long, default_value_t = 500, value_name = "N")]
-    max_label_values: usize,
+    max_identities: usize,
+    /// Distinct `server` values kept.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    max_servers: usize,
+    /// Distinct `tool` values kept.
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    max_tools: usize,
+    /// Keep only these tool names (repeat, or separate with commas); others become __other__.
+    #[arg(long = "allow-tool", value_delimiter = ',', value_name = "TOOL")]
+    allow_tools: Vec<String>,
+    /// What the `identity` label holds: the identity, nothing, or a salted SHA-256 of it.
+    #[arg(long, value_enum, default_value_t = IdentityMode::Keep)]
+    identity: IdentityMode,
+    /// Salt for `--identity hash`, so that identities cannot be guessed from their hashes.
+    #[arg(long, env = "MCP_OBSERVE_IDENTITY_SALT", default_value = "", hide_env_values = true)]
+    identity_salt: String,
+}
+
+impl LabelArgs {
+    fn config(&self) -> LabelConfig {
+        LabelConfig {
+            // In observer_common::field order.
+            max_values: [
+                self.max_methods,
+                self.max_transports,
+                self.max_identities,
+                self.max_servers,
+                self.max_tools,
+            ],
+            tool_allowlist: (!self.allow_tools.is_empty())
+                .then(|| self.allow_tools.iter().cloned().collect()),
+            identity: self.identity,
+            identity_salt: self.identity_salt.clone(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -112,6 +167,9 @@ fn check(cli: &Cli) -> Result<(), ObserveError> {
             table.abi_version,
             table.source
         );
+        for (probe, _) in probes::CATALOGUE.iter().filter(|(probe, _)| table.site(probe).is_none()) {
+            println!("  mcp_probe_{probe:<22} absent from this binary: its metrics stay empty");
+        }
         for site in &table.sites {
             let state = if attached.iter().any(|a| a.pid == *pid && a.probe == site.name) {
                 "attached"
@@ -119,7 +177,7 @@ fn check(cli: &Cli) -> Result<(), ObserveError> {
                 "not in this observer's catalogue, ignored"
             };
             println!(
-                "  mcp_probe_{:<16} address {:#x}  file offset {:#x}  {state}",
+                "  mcp_probe_{:<22} address {:#x}  file offset {:#x}  {state}",
                 site.name, site.address, site.file_offset
             );
         }
@@ -145,7 +203,7 @@ fn serve(cli: &Cli) -> Result<(), ObserveError> {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let Attachment { mut loaded, tables, attached } = attach_all(cli)?;
+        let Attachment { mut loaded, tables: _, attached } = attach_all(cli)?;
         for a in &attached {
             log::info!(
                 "attached mcp_probe_{} in {} (pid {}) at file offset {:#x}",
@@ -155,11 +213,11 @@ fn serve(cli: &Cli) -> Result<(), ObserveError> {
                 a.file_offset
             );
         }
-        let metrics = Arc::new(Metrics::new(LabelLimits { max_values: cli.max_label_values }));
-        metrics.probes_attached.set(attached.len() as i64);
+        let metrics = Arc::new(Metrics::new(cli.labels.config()));
+        metrics.observer.probes_attached.set(attached.len() as i64);
         let state = Arc::new(AppState {
             metrics: metrics.clone(),
-            kernel: Mutex::new(loaded.take_counters()?),
+            kernel: Mutex::new(loaded.take_maps(Duration::from_secs(cli.request_expiry_secs))?),
             ready: true.into(),
         });
         let listener = tokio::net::TcpListener::bind(cli.listen)
@@ -173,7 +231,7 @@ fn serve(cli: &Cli) -> Result<(), ObserveError> {
         let drain =
             events::drain_forever(ring, metrics.clone(), Duration::from_millis(cli.drain_interval_ms));
         let server = axum::serve(listener, http::router(state.clone())).into_future();
-        let watch = watch_targets(tables.iter().map(|(pid, _)| *pid).collect(), state);
+        let watch = watch_targets(&attached, state);
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             result = drain => log::error!("ring-buffer reader stopped: {result:?}"),
@@ -188,21 +246,33 @@ fn serve(cli: &Cli) -> Result<(), ObserveError> {
     })
 }
 
-/// Keeps `mcp_observer_targets` and readiness true to the targets' lives.
-async fn watch_targets(pids: Vec<u32>, state: Arc<AppState>) {
+/// Every second: expires stale requests (even when nobody scrapes), and keeps
+/// `mcp_observer_targets`, the attached-probe count, readiness and what the targets held
+/// open true to their lives.
+async fn watch_targets(attached: &[Attached], state: Arc<AppState>) {
+    let mut probes: Vec<(u32, usize)> = Vec::new();
+    for a in attached {
+        match probes.iter_mut().find(|(pid, _)| *pid == a.pid) {
+            Some((_, count)) => *count += 1,
+            None => probes.push((a.pid, 1)),
+        }
+    }
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticker.tick().await;
-        let alive = pids.iter().filter(|pid| Path::new(&format!("/proc/{pid}")).exists()).count();
-        state.metrics.targets.set(alive as i64);
+        state.kernel.lock().expect("kernel maps lock").refresh(&state.metrics);
+        probes.retain(|(pid, _)| {
+            let alive = Path::new(&format!("/proc/{pid}")).exists();
+            if !alive {
+                log::warn!("target process {pid} exited; metrics stay served");
+                state.metrics.forget_process(*pid);
+                state.ready.store(false, Ordering::Relaxed);
+            }
+            alive
+        });
+        let observer = &state.metrics.observer;
+        observer.targets.set(probes.len() as i64);
         // A dead process's uprobes no longer fire.
-        state.metrics.probes_attached.set((alive * probes::CATALOGUE.len()) as i64);
-        if alive < pids.len() && state.ready.swap(false, Ordering::Relaxed) {
-            log::warn!(
-                "{} of {} target process(es) exited; metrics stay served",
-                pids.len() - alive,
-                pids.len()
-            );
-        }
+        observer.probes_attached.set(probes.iter().map(|(_, count)| *count).sum::<usize>() as i64);
     }
 }

@@ -11,9 +11,28 @@ use object::{
 
 use crate::error::{ObserveError, mcp_abi};
 
-/// The probes this observer attaches, with the eBPF program handling each.
-pub const CATALOGUE: &[(&str, &str)] =
-    &[("request_start", "mcp_request_start"), ("request_end", "mcp_request_end")];
+/// The probes this observer attaches, with the eBPF program handling each. Starts come
+/// before their ends: the loader attaches in reverse order.
+pub const CATALOGUE: &[(&str, &str)] = &[
+    ("request_start", "mcp_request_start"),
+    ("request_end", "mcp_request_end"),
+    ("backend_connect_start", "mcp_backend_connect_start"),
+    ("backend_connect_end", "mcp_backend_connect_end"),
+    ("backend_disconnect", "mcp_backend_disconnect"),
+    ("session_open", "mcp_session_open"),
+    ("session_close", "mcp_session_close"),
+    ("acl_decision", "mcp_acl_decision"),
+    ("auth_failure", "mcp_auth_failure"),
+    ("backends_configured", "mcp_backends_configured"),
+    ("idle_reaper_run", "mcp_idle_reaper_run"),
+    ("tool_cache_size", "mcp_tool_cache_size"),
+    ("classifier_cache", "mcp_classifier_cache"),
+    ("child_spawn", "mcp_child_spawn"),
+];
+
+/// Probes every proxy must have: without them there are no request metrics at all. A
+/// proxy that never calls another probe may lack it; its metrics then stay empty.
+pub const REQUIRED: &[&str] = &["request_start", "request_end"];
 
 /// Where the probe table came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,7 +97,7 @@ pub fn for_pid(pid: u32) -> Result<ProbeTable, ObserveError> {
     if table.abi_version != mcp_abi::VERSION {
         return Err(ObserveError::AbiMismatch { pid, path, found: table.abi_version });
     }
-    if let Some((probe, _)) = CATALOGUE.iter().find(|(name, _)| table.site(name).is_none()) {
+    if let Some(probe) = REQUIRED.iter().find(|name| table.site(name).is_none()) {
         return Err(ObserveError::MissingProbe { pid, path, probe });
     }
     Ok(table)

@@ -12,7 +12,12 @@
 
 mod raw;
 
-pub use raw::{mcp_probe_request_end, mcp_probe_request_start};
+pub use raw::{
+    mcp_probe_acl_decision, mcp_probe_auth_failure, mcp_probe_backend_connect_end,
+    mcp_probe_backend_connect_start, mcp_probe_backend_disconnect, mcp_probe_backends_configured,
+    mcp_probe_child_spawn, mcp_probe_classifier_cache, mcp_probe_idle_reaper_run, mcp_probe_request_end,
+    mcp_probe_request_start, mcp_probe_session_close, mcp_probe_session_open, mcp_probe_tool_cache_size,
+};
 
 /// The ABI version carried by the `mcp_probes_abi_v1` marker and the ELF note.
 pub const ABI_VERSION: u32 = 1;
@@ -76,6 +81,166 @@ pub struct RequestEnd {
     pub reserved: u32,
 }
 
+/// What the ACL decided. The numeric values are part of the ABI.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Allow = 0,
+    Deny = 1,
+}
+
+/// Why authentication failed. The numeric values are part of the ABI.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No credentials at all (no `Authorization` header).
+    MissingCredentials = 0,
+    /// Credentials the proxy does not accept.
+    InvalidCredentials = 1,
+    /// Credentials that were valid once and have expired.
+    Expired = 2,
+    /// Anything else.
+    Other = 3,
+}
+
+/// Why the proxy connected a backend. The numeric values are part of the ABI.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectKind {
+    /// The backend's first connection in the proxy's life (start-up or first use).
+    Initial = 0,
+    /// A reconnection on demand, after the backend was disconnected (idle-reaped, failed).
+    Lazy = 1,
+}
+
+/// How connecting a backend ended. The numeric values are part of the ABI.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectResult {
+    Ok = 0,
+    Error = 1,
+}
+
+/// Why a connected backend went away. The numeric values are part of the ABI.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The idle reaper closed it.
+    IdleReaped = 0,
+    /// It failed (the child exited, the connection broke).
+    Error = 1,
+    /// The proxy is shutting down.
+    Shutdown = 2,
+}
+
+/// Why a client session closed. The numeric values are part of the ABI.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionCloseReason {
+    /// The client ended it (HTTP `DELETE`, stdin closed, SSE stream closed).
+    ClientClosed = 0,
+    /// The proxy expired it after inactivity.
+    Expired = 1,
+    /// The proxy is shutting down.
+    Shutdown = 2,
+    /// A transport error ended it.
+    Error = 3,
+}
+
+/// Whether a cache lookup found its entry. The numeric values are part of the ABI.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheOutcome {
+    Hit = 0,
+    Miss = 1,
+}
+
+/// Argument of [`mcp_probe_acl_decision`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AclCheck {
+    /// Identity whose call was checked.
+    pub identity: ProbeStr,
+    /// Backend server of the tool.
+    pub server: ProbeStr,
+    /// Tool name as the backend knows it.
+    pub tool: ProbeStr,
+    /// A [`Decision`] value.
+    pub decision: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// Argument of [`mcp_probe_backend_connect_end`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BackendConnect {
+    /// Backend server name.
+    pub server: ProbeStr,
+    /// A [`ConnectKind`] value.
+    pub kind: u32,
+    /// A [`ConnectResult`] value.
+    pub result: u32,
+}
+
+/// Argument of [`mcp_probe_backend_disconnect`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BackendDisconnect {
+    /// Backend server name.
+    pub server: ProbeStr,
+    /// A [`DisconnectReason`] value.
+    pub reason: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// Argument of [`mcp_probe_session_open`] and [`mcp_probe_session_close`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Session {
+    /// Client transport, e.g. `streamable_http`, `sse` or `stdio`.
+    pub transport: ProbeStr,
+    /// A [`SessionCloseReason`] value; ignored at open.
+    pub reason: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// Argument of [`mcp_probe_tool_cache_size`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ToolCache {
+    /// Backend server name.
+    pub server: ProbeStr,
+    /// Tools the cache now holds for this backend.
+    pub entries: u64,
+}
+
+/// Argument of [`mcp_probe_classifier_cache`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ClassifierLookup {
+    /// Backend server whose tool was classified.
+    pub server: ProbeStr,
+    /// A [`CacheOutcome`] value.
+    pub outcome: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// Argument of [`mcp_probe_child_spawn`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ChildSpawn {
+    /// Backend server the child serves.
+    pub server: ProbeStr,
+    /// Process id of the child.
+    pub pid: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
 /// Labels of a finished request, as `&str`s.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestLabels<'a> {
@@ -109,6 +274,93 @@ pub fn request_end(id: u64, labels: &RequestLabels<'_>) {
     mcp_probe_request_end(id, &end);
 }
 
+/// The ACL allowed or denied `identity` a call to `tool` of `server`.
+#[inline]
+pub fn acl_decision(identity: &str, server: &str, tool: &str, decision: Decision) {
+    let check = AclCheck {
+        identity: ProbeStr::new(identity),
+        server: ProbeStr::new(server),
+        tool: ProbeStr::new(tool),
+        decision: decision as u32,
+        reserved: 0,
+    };
+    mcp_probe_acl_decision(&check);
+}
+
+/// A client failed to authenticate.
+#[inline]
+pub fn auth_failure(reason: AuthFailure) {
+    mcp_probe_auth_failure(reason as u32);
+}
+
+/// Connecting backend connection `connection` starts. Connection ids must be unique among
+/// the process's backend connections; the observer pairs start, end and disconnect by them.
+#[inline]
+pub fn backend_connect_start(connection: u64) {
+    mcp_probe_backend_connect_start(connection);
+}
+
+/// Connecting `connection` (to `server`) ended.
+#[inline]
+pub fn backend_connect_end(connection: u64, server: &str, kind: ConnectKind, result: ConnectResult) {
+    let end = BackendConnect { server: ProbeStr::new(server), kind: kind as u32, result: result as u32 };
+    mcp_probe_backend_connect_end(connection, &end);
+}
+
+/// The connected `connection` (to `server`) went away.
+#[inline]
+pub fn backend_disconnect(connection: u64, server: &str, reason: DisconnectReason) {
+    let disconnect = BackendDisconnect { server: ProbeStr::new(server), reason: reason as u32, reserved: 0 };
+    mcp_probe_backend_disconnect(connection, &disconnect);
+}
+
+/// The configuration names `count` backends. Call it at start-up, after a reload and at
+/// every idle-reaper pass, so that an observer attached later learns it soon.
+#[inline]
+pub fn backends_configured(count: u64) {
+    mcp_probe_backends_configured(count);
+}
+
+/// An idle-reaper pass begins.
+#[inline]
+pub fn idle_reaper_run() {
+    mcp_probe_idle_reaper_run();
+}
+
+/// Client session `session` opened on `transport`. Session ids must be unique among the
+/// process's open sessions.
+#[inline]
+pub fn session_open(session: u64, transport: &str) {
+    let info = Session { transport: ProbeStr::new(transport), reason: 0, reserved: 0 };
+    mcp_probe_session_open(session, &info);
+}
+
+/// Client session `session` on `transport` closed.
+#[inline]
+pub fn session_close(session: u64, transport: &str, reason: SessionCloseReason) {
+    let info = Session { transport: ProbeStr::new(transport), reason: reason as u32, reserved: 0 };
+    mcp_probe_session_close(session, &info);
+}
+
+/// The tool cache of `server` now holds `entries` tools.
+#[inline]
+pub fn tool_cache_size(server: &str, entries: u64) {
+    mcp_probe_tool_cache_size(&ToolCache { server: ProbeStr::new(server), entries });
+}
+
+/// One classifier-cache lookup for a tool of `server`.
+#[inline]
+pub fn classifier_cache(server: &str, outcome: CacheOutcome) {
+    let lookup = ClassifierLookup { server: ProbeStr::new(server), outcome: outcome as u32, reserved: 0 };
+    mcp_probe_classifier_cache(&lookup);
+}
+
+/// The proxy spawned child process `pid` for the stdio backend `server`.
+#[inline]
+pub fn child_spawn(server: &str, pid: u32) {
+    mcp_probe_child_spawn(&ChildSpawn { server: ProbeStr::new(server), pid, reserved: 0 });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,9 +371,21 @@ mod tests {
     #[test]
     fn every_probe_starts_with_a_nop5_then_returns() {
         const NOP5_RET: [u8; 6] = [0x0f, 0x1f, 0x44, 0x00, 0x00, 0xc3];
-        let probes: [(&str, *const u8); 2] = [
+        let probes: [(&str, *const u8); 14] = [
             ("request_start", mcp_probe_request_start as *const u8),
             ("request_end", mcp_probe_request_end as *const u8),
+            ("acl_decision", mcp_probe_acl_decision as *const u8),
+            ("auth_failure", mcp_probe_auth_failure as *const u8),
+            ("backend_connect_start", mcp_probe_backend_connect_start as *const u8),
+            ("backend_connect_end", mcp_probe_backend_connect_end as *const u8),
+            ("backend_disconnect", mcp_probe_backend_disconnect as *const u8),
+            ("backends_configured", mcp_probe_backends_configured as *const u8),
+            ("idle_reaper_run", mcp_probe_idle_reaper_run as *const u8),
+            ("session_open", mcp_probe_session_open as *const u8),
+            ("session_close", mcp_probe_session_close as *const u8),
+            ("tool_cache_size", mcp_probe_tool_cache_size as *const u8),
+            ("classifier_cache", mcp_probe_classifier_cache as *const u8),
+            ("child_spawn", mcp_probe_child_spawn as *const u8),
         ];
         for (name, code) in probes {
             // SAFETY: reading the first bytes of a function's machine code.
@@ -142,5 +406,33 @@ mod tests {
             status: Status::ToolError,
         };
         request_end(7, &labels);
+        acl_decision("alice", "alpha", "echo", Decision::Deny);
+        auth_failure(AuthFailure::InvalidCredentials);
+        backend_connect_start(1);
+        backend_connect_end(1, "alpha", ConnectKind::Initial, ConnectResult::Ok);
+        backend_disconnect(1, "alpha", DisconnectReason::IdleReaped);
+        backends_configured(2);
+        idle_reaper_run();
+        session_open(1, "stdio");
+        session_close(1, "stdio", SessionCloseReason::ClientClosed);
+        tool_cache_size("alpha", 4);
+        classifier_cache("alpha", CacheOutcome::Hit);
+        child_spawn("alpha", 42);
+    }
+
+    #[test]
+    fn argument_structs_have_the_documented_sizes() {
+        assert_eq!(size_of::<RequestEnd>(), 88);
+        assert_eq!(size_of::<AclCheck>(), 56);
+        for size in [
+            size_of::<BackendConnect>(),
+            size_of::<BackendDisconnect>(),
+            size_of::<Session>(),
+            size_of::<ToolCache>(),
+            size_of::<ClassifierLookup>(),
+            size_of::<ChildSpawn>(),
+        ] {
+            assert_eq!(size, 24);
+        }
     }
 }

@@ -11,8 +11,11 @@ pub const INTERNAL_ERROR: i64 = -32603;
 pub const ACCESS_DENIED: i64 = -32001;
 /// Authentication missing or invalid (sent with HTTP 401).
 pub const UNAUTHORIZED: i64 = -32002;
-/// The backend did not answer within the proxy's call timeout.
+/// The backend did not answer within the proxy's call timeout, or (with HTTP 504) the
+/// whole request outlived the proxy's request timeout.
 pub const REQUEST_TIMEOUT: i64 = -32003;
+/// The backend the tool belongs to could not be connected.
+pub const CONNECT_FAILED: i64 = -32004;
 /// A backend tool failed with a JSON-RPC error.
 pub const BACKEND_ERROR: i64 = -32000;
 

@@ -1,19 +1,22 @@
 //! The load client: a deterministic request mix (from a seed) sent through the proxy
-//! over MCP Streamable HTTP. It prints the ground truth, one count per label set, judged
-//! from the responses it received — never from the observer.
+//! over MCP Streamable HTTP by three identities, each in a session of its own. It prints
+//! the ground truth, one count per label set, judged from the responses it received —
+//! never from the observer.
 
-use std::{
-    collections::BTreeMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicUsize, Ordering},
 };
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use crate::{jsonrpc, proxy::TOOL_SEPARATOR};
+use crate::{
+    backend,
+    client::{Client, initialize_params},
+    proxy::TOOL_SEPARATOR,
+    truth::{Credentials, Sent, Tally},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -32,29 +35,23 @@ pub struct Args {
     /// Milliseconds each `sleep` tool call sleeps.
     #[arg(long, default_value_t = 100)]
     sleep_ms: u64,
+    /// A backend the proxy was given with `--broken-backends`: about 3% of the mix calls it.
+    #[arg(long)]
+    broken: Option<String>,
 }
 
 const IDENTITIES: [(&str, &str); 3] =
     [("alice", "alice-token"), ("bob", "bob-token"), ("guest", "guest-token")];
+/// The backends the mix calls as working ones (the proxy's default `--backends`).
+const HEALTHY: [&str; 2] = ["alpha", "beta"];
 
 /// One planned request.
 #[derive(Clone, Debug)]
 struct Planned {
     identity: usize,
-    /// Send a token the proxy does not know.
-    bad_token: bool,
+    credentials: Credentials,
     method: &'static str,
     params: Value,
-}
-
-/// Labels of a request as judged from its response.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Truth {
-    method: String,
-    server: String,
-    tool: String,
-    identity: String,
-    status: &'static str,
 }
 
 /// SplitMix64: a tiny, well-known deterministic generator; no need for more here.
@@ -74,150 +71,133 @@ impl Mix {
     }
 }
 
-fn plan(calls: usize, seed: u64, sleep_ms: u64) -> Vec<Planned> {
+fn plan(calls: usize, seed: u64, sleep_ms: u64, broken: Option<&str>) -> Vec<Planned> {
     let mut mix = Mix(seed);
     (0..calls)
         .map(|i| {
             let identity = [0, 0, 0, 1, 1, 2][mix.below(6) as usize];
-            let call =
-                |name: &str, arguments: Value| ("tools/call", json!({"name": name, "arguments": arguments}));
-            let (method, params) = match mix.below(100) {
-                0..=24 => call("alpha__echo", json!({"text": format!("hello {i}")})),
-                25..=39 => call("beta__echo", json!({"text": "hi"})),
-                40..=49 => call("alpha__sleep", json!({"ms": sleep_ms})),
-                50..=62 => call("beta__error", json!({})),
-                63..=72 => call("alpha__fail", json!({})),
-                73..=77 => call("gamma__echo", json!({})),
-                78..=87 => ("tools/list", json!({})),
-                88..=94 => ("ping", json!({})),
-                95..=96 => ("resources/list", json!({})),
-                _ => call("alpha__echo", json!({"text": "no token"})),
+            // The broken backend's share is drawn apart, so that without one a seed plans
+            // what it always did.
+            let (credentials, method, params) = match broken {
+                Some(broken) if mix.below(100) < 3 => (
+                    Credentials::Valid,
+                    "tools/call",
+                    call(&format!("{broken}__echo"), json!({"text": "hi"})),
+                ),
+                _ => pick(&mut mix, i, sleep_ms),
             };
-            let bad_token = params["arguments"]["text"] == "no token";
-            Planned { identity, bad_token, method, params }
+            Planned { identity, credentials, method, params }
         })
         .collect()
+}
+
+/// One request of the main mix.
+fn pick(mix: &mut Mix, i: usize, sleep_ms: u64) -> (Credentials, &'static str, Value) {
+    let valid = |params| (Credentials::Valid, "tools/call", params);
+    match mix.below(100) {
+        0..=24 => valid(call("alpha__echo", json!({"text": format!("hello {i}")}))),
+        25..=39 => valid(call("beta__echo", json!({"text": "hi"}))),
+        40..=49 => valid(call("alpha__sleep", json!({"ms": sleep_ms}))),
+        50..=62 => valid(call("beta__error", json!({}))),
+        63..=72 => valid(call("alpha__fail", json!({}))),
+        // A server nobody configured.
+        73..=77 => valid(call("nosuch__echo", json!({}))),
+        78..=87 => (Credentials::Valid, "tools/list", json!({})),
+        88..=92 => (Credentials::Valid, "ping", json!({})),
+        93..=94 => {
+            (Credentials::Missing, "tools/call", call("alpha__echo", json!({"text": "no credentials"})))
+        }
+        95..=96 => (Credentials::Valid, "resources/list", json!({})),
+        _ => (Credentials::Invalid, "tools/call", call("alpha__echo", json!({"text": "bad token"}))),
+    }
+}
+
+fn call(name: &str, arguments: Value) -> Value {
+    json!({"name": name, "arguments": arguments})
+}
+
+/// Whether a planned call names a tool that exists on a healthy backend.
+fn routable(planned: &Planned, broken: Option<&str>) -> bool {
+    let name = planned.params["name"].as_str().unwrap_or_default();
+    name.split_once(TOOL_SEPARATOR).is_some_and(|(server, tool)| {
+        planned.method == "tools/call"
+            && HEALTHY.contains(&server)
+            && broken != Some(server)
+            && backend::TOOLS.contains(&tool)
+    })
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let client = reqwest::Client::new();
-    let counts: Arc<Mutex<BTreeMap<Truth, u64>>> = Arc::default();
+    let client = Client::new(&args.url);
+    let tally: Arc<Mutex<Tally>> = Arc::default();
     let mut sessions = Vec::new();
     for (identity, token) in IDENTITIES {
-        let params = json!({"protocolVersion": jsonrpc::PROTOCOL_VERSION, "capabilities": {}, "clientInfo": {"name": "mcp-testbed-load", "version": env!("CARGO_PKG_VERSION")}});
-        let (reply, session) = post(&client, &args.url, token, None, "initialize", &params).await?;
-        record(&counts, judge(identity, "initialize", &params, &reply));
+        let params = initialize_params("mcp-testbed-load");
+        let (reply, session) = client.request(Some(token), None, "initialize", &params).await?;
+        let sent = Sent {
+            identity,
+            credentials: Credentials::Valid,
+            method: "initialize",
+            params: &params,
+            routable: false,
+        };
+        tally.lock().expect("tally lock").record(&sent, &reply)?;
         let session = session.context("the proxy sent no Mcp-Session-Id on initialize")?;
-        notify(&client, &args.url, token, &session).await?;
+        client.initialized(token, &session).await?;
+        tally.lock().expect("tally lock").sessions_opened += 1;
         sessions.push(session);
     }
-    let plan = Arc::new(plan(args.calls, args.seed, args.sleep_ms));
+
+    let broken = args.broken.as_deref();
+    let plan = Arc::new(plan(args.calls, args.seed, args.sleep_ms, broken));
     let next = Arc::new(AtomicUsize::new(0));
     let sessions = Arc::new(sessions);
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
-        let (client, plan, next, sessions, counts, url) =
-            (client.clone(), plan.clone(), next.clone(), sessions.clone(), counts.clone(), args.url.clone());
+        let (client, plan, next, sessions, tally, broken) = (
+            client.clone(),
+            plan.clone(),
+            next.clone(),
+            sessions.clone(),
+            tally.clone(),
+            args.broken.clone(),
+        );
         workers.push(tokio::spawn(async move {
             loop {
                 let Some(item) = plan.get(next.fetch_add(1, Ordering::Relaxed)) else {
                     return anyhow::Ok(());
                 };
                 let (identity, token) = IDENTITIES[item.identity];
-                let token = if item.bad_token { "not-a-token" } else { token };
+                let token = match item.credentials {
+                    Credentials::Valid => Some(token),
+                    Credentials::Invalid => Some("not-a-token"),
+                    Credentials::Missing => None,
+                };
                 let session = Some(sessions[item.identity].as_str());
-                let (reply, _) = post(&client, &url, token, session, item.method, &item.params).await?;
-                let identity = if item.bad_token { "" } else { identity };
-                record(&counts, judge(identity, item.method, &item.params, &reply));
+                let (reply, _) = client.request(token, session, item.method, &item.params).await?;
+                let sent = Sent {
+                    identity,
+                    credentials: item.credentials,
+                    method: item.method,
+                    params: &item.params,
+                    routable: routable(item, broken.as_deref()),
+                };
+                tally.lock().expect("tally lock").record(&sent, &reply)?;
             }
         }));
     }
     for worker in workers {
         worker.await.context("load worker panicked")??;
     }
-    let counts = counts.lock().expect("counts lock");
-    let requests: Vec<Value> = counts
-        .iter()
-        .map(|(t, count)| {
-            json!({"method": t.method, "server": t.server, "tool": t.tool, "identity": t.identity, "status": t.status, "count": count})
-        })
-        .collect();
-    println!("{}", json!({ "requests": requests }));
+
+    for ((_, token), session) in IDENTITIES.iter().zip(sessions.iter()) {
+        client.delete_session(token, session).await?;
+        tally.lock().expect("tally lock").sessions_closed += 1;
+    }
+    let truth = tally.lock().expect("tally lock").to_json();
+    println!("{}", Value::Object(truth));
     Ok(())
-}
-
-fn record(counts: &Mutex<BTreeMap<Truth, u64>>, truth: Truth) {
-    *counts.lock().expect("counts lock").entry(truth).or_default() += 1;
-}
-
-/// The response as the client saw it: HTTP status and JSON-RPC body.
-struct Reply {
-    http: u16,
-    body: Value,
-}
-
-async fn post(
-    client: &reqwest::Client,
-    url: &str,
-    token: &str,
-    session: Option<&str>,
-    method: &str,
-    params: &Value,
-) -> anyhow::Result<(Reply, Option<String>)> {
-    let mut request = client
-        .post(url)
-        .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
-        .json(&jsonrpc::request(1, method, params.clone()));
-    if let Some(session) = session {
-        request = request.header("mcp-session-id", session);
-    }
-    let response = request.send().await.with_context(|| format!("POST {url}"))?;
-    let http = response.status().as_u16();
-    let session = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let body =
-        response.json::<Value>().await.with_context(|| format!("{method}: response body is not JSON"))?;
-    Ok((Reply { http, body }, session))
-}
-
-async fn notify(client: &reqwest::Client, url: &str, token: &str, session: &str) -> anyhow::Result<()> {
-    let response = client
-        .post(url)
-        .bearer_auth(token)
-        .header("mcp-session-id", session)
-        .json(&jsonrpc::notification("notifications/initialized"))
-        .send()
-        .await?;
-    if response.status() != 202 {
-        bail!("notifications/initialized: expected HTTP 202, got {}", response.status());
-    }
-    Ok(())
-}
-
-/// Labels the proxy should report for this request, judged from its response alone.
-fn judge(identity: &str, method: &str, params: &Value, reply: &Reply) -> Truth {
-    let (mut server, mut tool) = (String::new(), String::new());
-    if method == "tools/call"
-        && let Some((s, t)) = params["name"].as_str().and_then(|n| n.split_once(TOOL_SEPARATOR))
-    {
-        (server, tool) = (s.to_string(), t.to_string());
-    }
-    let error_code = reply.body.pointer("/error/code").and_then(Value::as_i64);
-    let status = match (reply.http, error_code) {
-        (401, _) => "auth_failed",
-        (_, Some(jsonrpc::ACCESS_DENIED)) => "acl_denied",
-        (_, Some(jsonrpc::REQUEST_TIMEOUT)) => "timeout",
-        (_, Some(_)) => "jsonrpc_error",
-        _ if reply.body.pointer("/result/isError") == Some(&Value::Bool(true)) => "tool_error",
-        _ => "ok",
-    };
-    // Requests refused before routing never reached a backend (backends never answer
-    // INVALID_PARAMS: the proxy only forwards tools they listed).
-    if status == "auth_failed" || error_code == Some(jsonrpc::INVALID_PARAMS) {
-        (server, tool) = (String::new(), String::new());
-    }
-    Truth { method: method.to_string(), server, tool, identity: identity.to_string(), status }
 }

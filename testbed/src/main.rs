@@ -3,10 +3,17 @@
 
 mod backend;
 mod burst;
+mod client;
+mod dispatch;
 mod jsonrpc;
 mod load;
 mod misbehave;
+mod pool;
+mod pool_scenario;
 mod proxy;
+mod reaper;
+mod sessions;
+mod truth;
 mod upstream;
 
 use std::{net::SocketAddr, process::ExitCode};
@@ -25,13 +32,12 @@ enum Command {
     /// Run the MCP proxy: Streamable HTTP at /mcp, stdio child-process backends.
     Proxy(proxy::Args),
     /// Run one stdio MCP backend (the proxy starts these itself).
-    Backend {
-        /// Server name reported in `initialize`.
-        #[arg(long)]
-        name: String,
-    },
+    Backend(backend::Args),
     /// Drive a deterministic request mix through a proxy and print the ground truth.
     Load(load::Args),
+    /// Drive the backend pool through connects, crashes, reconnects and idle reaping, and
+    /// print the ground truth.
+    Pool(pool_scenario::Args),
     /// Call the request probes N times as fast as possible once a line arrives on stdin.
     Burst {
         /// Number of start/end probe pairs to fire.
@@ -48,8 +54,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Proxy(args) => proxy::run(args).await,
-            Command::Backend { name } => backend::run(&name).await,
+            Command::Backend(args) => backend::run(args).await,
             Command::Load(args) => load::run(args).await,
+            Command::Pool(args) => pool_scenario::run(args).await,
             Command::Burst { requests } => burst::run(requests),
             Command::Misbehave => misbehave::run(),
         }

@@ -1,9 +1,14 @@
 //! Calls the probes the way a buggy or hostile proxy would, once each, so that tests can
 //! check the observer counts every defect instead of trusting the proxy: a duplicate
 //! start, an end without a start, an unreadable string pointer, a null `RequestEnd`, a
-//! 10 KiB identity and an identity that is not UTF-8. Waits for a line on stdin first.
+//! 10 KiB identity and an identity that is not UTF-8 (in a request and in an ACL
+//! decision), an undefined ACL decision, a null argument, and a disconnect and a session
+//! close whose opening never happened. Waits for a line on stdin first.
 
-use mcp_probes::{ProbeStr, RequestEnd, Status, mcp_probe_request_end, mcp_probe_request_start};
+use mcp_probes::{
+    AclCheck, Decision, DisconnectReason, ProbeStr, RequestEnd, SessionCloseReason, Status,
+    mcp_probe_acl_decision, mcp_probe_request_end, mcp_probe_request_start,
+};
 
 fn end(method: &'static str, identity: ProbeStr, tool: ProbeStr) -> RequestEnd {
     RequestEnd {
@@ -47,6 +52,24 @@ pub fn run() -> anyhow::Result<()> {
         6,
         &end("not_utf8_identity", ProbeStr { ptr: not_utf8.as_ptr(), len: not_utf8.len() }, echo),
     );
+
+    let acl = |identity, decision| AclCheck {
+        identity,
+        server: ProbeStr::new("alpha"),
+        tool: echo,
+        decision,
+        reserved: 0,
+    };
+    mcp_probes::acl_decision(&long, "alpha", "echo", Decision::Deny);
+    mcp_probe_acl_decision(&acl(
+        ProbeStr { ptr: not_utf8.as_ptr(), len: not_utf8.len() },
+        Decision::Allow as u32,
+    ));
+    mcp_probe_acl_decision(&acl(alice, 7));
+    mcp_probe_acl_decision(std::ptr::null());
+
+    mcp_probes::backend_disconnect(99, "alpha", DisconnectReason::Error);
+    mcp_probes::session_close(99, "misbehave", SessionCloseReason::ClientClosed);
 
     println!("{{\"done\":true}}");
     Ok(())

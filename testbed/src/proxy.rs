@@ -1,9 +1,11 @@
 //! The probe-enabled MCP proxy: MCP Streamable HTTP at `/mcp` in front of stdio backends,
 //! with tools namespaced `<server>__<tool>`, identities from bearer tokens and a small
-//! ACL. It calls the request probes where `mcp serve` would; it has no exporter code.
+//! ACL. It calls the probes where `mcp serve` would; it has no exporter code.
+//!
+//! This module is the HTTP layer: authentication, the request probes, the whole-request
+//! timeout, `DELETE` of sessions, and start-up and graceful shutdown.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc,
@@ -21,10 +23,11 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use mcp_probes::{RequestLabels, Status};
-use serde_json::{Value, json};
+use mcp_probes::{AuthFailure, RequestLabels, SessionCloseReason, Status};
+use serde_json::Value;
+use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{jsonrpc, upstream::Upstream};
+use crate::{dispatch::Outcome, jsonrpc, pool::Pool, reaper::Reaper, sessions::Sessions};
 
 /// Separates the server from the tool in the proxy's tool names.
 pub const TOOL_SEPARATOR: &str = "__";
@@ -34,65 +37,105 @@ const SESSION_HEADER: &str = "mcp-session-id";
 /// Bearer tokens and the identities they authenticate.
 pub const TOKENS: [(&str, &str); 3] =
     [("alice-token", "alice"), ("bob-token", "bob"), ("guest-token", "guest")];
-/// The ACL: `guest` may call only these tools; every other identity may call any.
-pub const GUEST_TOOLS: [&str; 2] = ["alpha__echo", "alpha__sleep"];
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Address to serve MCP Streamable HTTP on (path /mcp).
     #[arg(long, value_parser = crate::parse_addr, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Backends to start, comma-separated; each is `mcp-testbed backend --name NAME`.
+    /// Backends, comma-separated; each is `mcp-testbed backend --name NAME`, started on first use.
     #[arg(long, value_delimiter = ',', default_value = "alpha,beta")]
     backends: Vec<String>,
-    /// How long a tools/call may take before the proxy answers with a timeout error.
+    /// Further backends whose child exits at once (`--fail-start`): every connect fails.
+    #[arg(long, value_delimiter = ',')]
+    broken_backends: Vec<String>,
+    /// How long a tools/call may wait for its backend before the proxy answers with a timeout error.
     #[arg(long, default_value_t = 30_000)]
     call_timeout_ms: u64,
+    /// Whole-request limit (0 = none): past it the client gets HTTP 504 and the request never
+    /// ends for the probes, as with `mcp serve`'s MCP_PROXY_REQUEST_TIMEOUT.
+    #[arg(long, default_value_t = 0)]
+    request_timeout_ms: u64,
+    /// How often the idle reaper runs.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    reaper_interval_ms: u64,
+    /// A backend unused for this long is disconnected by the reaper.
+    #[arg(long, default_value_t = 300_000)]
+    idle_timeout_ms: u64,
+    /// A client session not seen for this long is expired by the reaper (0 = never).
+    #[arg(long, default_value_t = 0)]
+    session_idle_ms: u64,
+    /// Every backend also lists this many echo tools `tool0000`….
+    #[arg(long, default_value_t = 0)]
+    extra_tools: usize,
+    /// Every backend sleeps this long before answering anything, so connects take as long.
+    #[arg(long, default_value_t = 0)]
+    connect_delay_ms: u64,
 }
 
-struct Proxy {
-    backends: HashMap<String, Upstream>,
+pub struct Proxy {
+    pub pool: Arc<Pool>,
+    pub sessions: Arc<Sessions>,
+    pub call_timeout: Duration,
+    request_timeout: Option<Duration>,
     next_request: AtomicU64,
-    next_session: AtomicU64,
-    call_timeout: Duration,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let mut backends = HashMap::new();
-    for name in &args.backends {
-        backends.insert(name.clone(), Upstream::start(name).await?);
-    }
+    let healthy: Vec<String> = args.backends.into_iter().filter(|n| !n.is_empty()).collect();
+    let broken: Vec<String> = args.broken_backends.into_iter().filter(|n| !n.is_empty()).collect();
+    let pool = Arc::new(Pool::new(&healthy, &broken, args.extra_tools, args.connect_delay_ms)?);
+    let sessions = Arc::new(Sessions::new());
     let proxy = Arc::new(Proxy {
-        backends,
-        next_request: AtomicU64::new(1),
-        next_session: AtomicU64::new(1),
+        pool: pool.clone(),
+        sessions: sessions.clone(),
         call_timeout: Duration::from_millis(args.call_timeout_ms),
+        request_timeout: (args.request_timeout_ms > 0)
+            .then(|| Duration::from_millis(args.request_timeout_ms)),
+        next_request: AtomicU64::new(1),
     });
+    // Before the banner: a test may signal as soon as it reads it.
+    let stop = stop_signal()?;
+    mcp_probes::backends_configured(pool.configured());
+    let (stop_reaper, reaper_stopped) = tokio::sync::oneshot::channel();
+    let reaper = Reaper {
+        every: Duration::from_millis(args.reaper_interval_ms),
+        backend_idle: Duration::from_millis(args.idle_timeout_ms),
+        session_idle: (args.session_idle_ms > 0).then(|| Duration::from_millis(args.session_idle_ms)),
+    }
+    .spawn(pool.clone(), sessions.clone(), reaper_stopped);
+
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     eprintln!("mcp-testbed proxy: pid {} serving http://{}/mcp", std::process::id(), listener.local_addr()?);
-    let app = Router::new().route("/mcp", post(handle)).with_state(proxy);
-    axum::serve(listener, app).await.context("serving")
+    let app = Router::new().route("/mcp", post(handle).delete(close_session)).with_state(proxy);
+    axum::serve(listener, app).with_graceful_shutdown(stop).await.context("serving")?;
+
+    let _ = stop_reaper.send(());
+    let runs = reaper.await.context("idle reaper panicked")?;
+    pool.shutdown().await;
+    sessions.close_all(SessionCloseReason::Shutdown);
+    eprintln!("mcp-testbed proxy: idle reaper ran {runs} times");
+    Ok(())
 }
 
-/// What a request resolved to, for its probe labels.
-struct Outcome {
-    body: Value,
-    http: StatusCode,
-    server: String,
-    tool: String,
-    status: Status,
-    session: Option<String>,
-}
-
-impl Outcome {
-    fn reply(body: Value, status: Status) -> Self {
-        Self { body, http: StatusCode::OK, server: String::new(), tool: String::new(), status, session: None }
-    }
+/// Resolves at the first SIGTERM or SIGINT; the handlers are installed right away.
+fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
 
 async fn handle(State(proxy): State<Arc<Proxy>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(session) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
+        proxy.sessions.touch(session);
+    }
     let message: Value = match serde_json::from_slice(&body) {
         Ok(message) => message,
         Err(_) => {
@@ -108,45 +151,81 @@ async fn handle(State(proxy): State<Arc<Proxy>>, headers: HeaderMap, body: Bytes
         return StatusCode::ACCEPTED.into_response();
     };
     // Run to the end even if the client goes away (hyper then drops this future), so
-    // that every request_start meets its request_end.
-    let handled = tokio::spawn(async move { respond(proxy, headers, message, id).await });
+    // that every request_start meets its request_end — unless the request timeout fires.
+    let handled = tokio::spawn(async move { proxy.respond(headers, message, id).await });
     handled.await.unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-async fn respond(proxy: Arc<Proxy>, headers: HeaderMap, message: Value, id: Value) -> Response {
-    let request = proxy.next_request.fetch_add(1, Ordering::Relaxed);
-    mcp_probes::request_start(request);
-
-    let method = message.get("method").and_then(Value::as_str).unwrap_or_default().to_string();
-    let identity = identity(&headers);
-    let outcome = match identity {
-        None => Outcome {
-            http: StatusCode::UNAUTHORIZED,
-            ..Outcome::reply(
-                jsonrpc::error(&id, jsonrpc::UNAUTHORIZED, "missing or invalid bearer token"),
-                Status::AuthFailed,
+impl Proxy {
+    async fn respond(&self, headers: HeaderMap, message: Value, id: Value) -> Response {
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        mcp_probes::request_start(request);
+        let finish = self.finish(request, &headers, &message, &id);
+        let Some(limit) = self.request_timeout else { return finish.await };
+        // On purpose like `mcp serve`: the timeout drops the future that would have called
+        // request_end, so the observer must expire this request by itself.
+        tokio::time::timeout(limit, finish).await.unwrap_or_else(|_| {
+            json_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                jsonrpc::error(&id, jsonrpc::REQUEST_TIMEOUT, "request timed out"),
+                None,
             )
-        },
-        Some(identity) => proxy.dispatch(&id, &method, identity, &message).await,
-    };
+        })
+    }
 
-    mcp_probes::request_end(
-        request,
-        &RequestLabels {
-            method: &method,
-            transport: TRANSPORT,
-            identity: identity.unwrap_or_default(),
-            server: &outcome.server,
-            tool: &outcome.tool,
-            status: outcome.status,
-        },
-    );
-    json_response(outcome.http, outcome.body, outcome.session)
+    /// Authenticates, dispatches and ends the request for the probes.
+    async fn finish(&self, request: u64, headers: &HeaderMap, message: &Value, id: &Value) -> Response {
+        let method = message.get("method").and_then(Value::as_str).unwrap_or_default();
+        let identity = authenticate(headers);
+        let outcome = match identity {
+            Ok(identity) => self.dispatch(id, method, identity, message).await,
+            Err(reason) => {
+                mcp_probes::auth_failure(reason);
+                Outcome::reply(
+                    jsonrpc::error(id, jsonrpc::UNAUTHORIZED, "missing or invalid bearer token"),
+                    Status::AuthFailed,
+                )
+            }
+        };
+        mcp_probes::request_end(
+            request,
+            &RequestLabels {
+                method,
+                transport: TRANSPORT,
+                identity: identity.unwrap_or_default(),
+                server: &outcome.server,
+                tool: &outcome.tool,
+                status: outcome.status,
+            },
+        );
+        let http =
+            if outcome.status == Status::AuthFailed { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
+        json_response(http, outcome.body, outcome.session)
+    }
 }
 
-fn identity(headers: &HeaderMap) -> Option<&'static str> {
-    let token = headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ")?;
-    TOKENS.iter().find(|(t, _)| *t == token).map(|(_, identity)| *identity)
+/// `DELETE /mcp`: the client ends its session. Not a JSON-RPC request: no request probes.
+async fn close_session(State(proxy): State<Arc<Proxy>>, headers: HeaderMap) -> StatusCode {
+    if let Err(reason) = authenticate(&headers) {
+        mcp_probes::auth_failure(reason);
+        return StatusCode::UNAUTHORIZED;
+    }
+    let Some(session) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    if proxy.sessions.close(session, SessionCloseReason::ClientClosed) {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+/// The identity a bearer token names, or why there is none.
+fn authenticate(headers: &HeaderMap) -> Result<&'static str, AuthFailure> {
+    let header = headers.get("authorization").ok_or(AuthFailure::MissingCredentials)?;
+    let token = header.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
+    let known = token.and_then(|token| TOKENS.iter().find(|(t, _)| *t == token));
+    known.map(|(_, identity)| *identity).ok_or(AuthFailure::InvalidCredentials)
 }
 
 fn json_response(status: StatusCode, body: Value, session: Option<String>) -> Response {
@@ -155,103 +234,4 @@ fn json_response(status: StatusCode, body: Value, session: Option<String>) -> Re
         response.headers_mut().insert(SESSION_HEADER, session);
     }
     response
-}
-
-impl Proxy {
-    async fn dispatch(&self, id: &Value, method: &str, identity: &str, message: &Value) -> Outcome {
-        let params = message.get("params").cloned().unwrap_or(Value::Null);
-        match method {
-            "initialize" => {
-                let session = format!(
-                    "{}-{:08x}",
-                    std::process::id(),
-                    self.next_session.fetch_add(1, Ordering::Relaxed)
-                );
-                let body = jsonrpc::result(
-                    id,
-                    json!({
-                        "protocolVersion": jsonrpc::PROTOCOL_VERSION,
-                        "capabilities": {"tools": {}},
-                        "serverInfo": {"name": "mcp-testbed-proxy", "version": env!("CARGO_PKG_VERSION")},
-                    }),
-                );
-                Outcome { session: Some(session), ..Outcome::reply(body, Status::Ok) }
-            }
-            "ping" => Outcome::reply(jsonrpc::result(id, json!({})), Status::Ok),
-            "tools/list" => {
-                let mut names: Vec<&String> = self.backends.keys().collect();
-                names.sort();
-                let tools: Vec<Value> = names
-                    .into_iter()
-                    .flat_map(|server| {
-                        self.backends[server].tools.iter().map(move |tool| {
-                            let mut tool = tool.clone();
-                            let name = format!(
-                                "{server}{TOOL_SEPARATOR}{}",
-                                tool["name"].as_str().unwrap_or_default()
-                            );
-                            tool["name"] = Value::String(name);
-                            tool
-                        })
-                    })
-                    .collect();
-                Outcome::reply(jsonrpc::result(id, json!({"tools": tools})), Status::Ok)
-            }
-            "tools/call" => self.call_tool(id, identity, &params).await,
-            _ => Outcome::reply(
-                jsonrpc::error(id, jsonrpc::METHOD_NOT_FOUND, "method not found"),
-                Status::JsonrpcError,
-            ),
-        }
-    }
-
-    async fn call_tool(&self, id: &Value, identity: &str, params: &Value) -> Outcome {
-        let name = params.get("name").and_then(Value::as_str).unwrap_or_default();
-        let resolved = name.split_once(TOOL_SEPARATOR).and_then(|(server, tool)| {
-            let backend = self.backends.get(server)?;
-            backend.tools.iter().any(|t| t["name"] == tool).then_some((backend, server, tool))
-        });
-        let Some((backend, server, tool)) = resolved else {
-            return Outcome::reply(
-                jsonrpc::error(id, jsonrpc::INVALID_PARAMS, &format!("unknown tool {name:?}")),
-                Status::JsonrpcError,
-            );
-        };
-        let routed = |body, status| Outcome {
-            server: server.to_string(),
-            tool: tool.to_string(),
-            ..Outcome::reply(body, status)
-        };
-        if identity == "guest" && !GUEST_TOOLS.contains(&name) {
-            return routed(
-                jsonrpc::error(id, jsonrpc::ACCESS_DENIED, &format!("{identity} may not call {name}")),
-                Status::AclDenied,
-            );
-        }
-        let forwarded =
-            json!({"name": tool, "arguments": params.get("arguments").cloned().unwrap_or(json!({}))});
-        match tokio::time::timeout(self.call_timeout, backend.call("tools/call", forwarded)).await {
-            Err(_) => {
-                routed(jsonrpc::error(id, jsonrpc::REQUEST_TIMEOUT, "backend timed out"), Status::Timeout)
-            }
-            Ok(Err(error)) => {
-                routed(jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &error.to_string()), Status::JsonrpcError)
-            }
-            Ok(Ok(reply)) => match (reply.get("result"), reply.get("error")) {
-                (Some(result), _) => {
-                    let status = if result["isError"] == true { Status::ToolError } else { Status::Ok };
-                    routed(jsonrpc::result(id, result.clone()), status)
-                }
-                (None, Some(error)) => {
-                    let code = error["code"].as_i64().unwrap_or(jsonrpc::INTERNAL_ERROR);
-                    let message = error["message"].as_str().unwrap_or("backend error");
-                    routed(jsonrpc::error(id, code, message), Status::JsonrpcError)
-                }
-                (None, None) => routed(
-                    jsonrpc::error(id, jsonrpc::INVALID_REQUEST, "malformed backend reply"),
-                    Status::JsonrpcError,
-                ),
-            },
-        }
-    }
 }

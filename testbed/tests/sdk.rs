@@ -33,10 +33,12 @@ fn the_reference_python_sdk_talks_to_the_proxy() {
     assert_eq!(
         tools,
         [
+            "alpha__crash",
             "alpha__echo",
             "alpha__error",
             "alpha__fail",
             "alpha__sleep",
+            "beta__crash",
             "beta__echo",
             "beta__error",
             "beta__fail",

@@ -25,7 +25,17 @@ pub fn run() -> anyhow::Result<()> {
     }
     cargo(&["build", "--release"])?;
     let (proxy, proxy_addr) = spawn(
-        Command::new(format!("{BIN}/mcp-testbed")).args(["proxy", "--listen", "127.0.0.1:0"]),
+        Command::new(format!("{BIN}/mcp-testbed")).args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--broken-backends",
+            "delta",
+            "--idle-timeout-ms",
+            "1000",
+            "--reaper-interval-ms",
+            "250",
+        ]),
         " serving http://",
     )?;
     let proxy = Killed(proxy);
@@ -57,13 +67,16 @@ pub fn run() -> anyhow::Result<()> {
             "8",
             "--seed",
             "1",
+            "--broken",
+            "delta",
         ])
         .output()?;
     if !load.status.success() {
         bail!("load client failed: {}", String::from_utf8_lossy(&load.stderr));
     }
     let truth: Value = serde_json::from_slice(&load.stdout).context("ground truth JSON")?;
-    std::thread::sleep(Duration::from_millis(100));
+    // Long enough for the idle reaper to disconnect the backends the load left idle.
+    std::thread::sleep(Duration::from_millis(2000));
     let (_, metrics) = get(&metrics_addr, "/metrics")?;
 
     println!(
@@ -73,12 +86,13 @@ pub fn run() -> anyhow::Result<()> {
     for row in truth["requests"].as_array().context("requests")? {
         let field = |k: &str| row[k].as_str().unwrap_or_default().to_string();
         let labels = format!(
-            "identity=\"{}\",method=\"{}\",server=\"{}\",status=\"{}\",tool=\"{}\",transport=\"streamable_http\"",
+            "identity=\"{}\",method=\"{}\",server=\"{}\",status=\"{}\",tool=\"{}\",transport=\"{}\"",
             field("identity"),
             field("method"),
             field("server"),
             field("status"),
-            field("tool")
+            field("tool"),
+            field("transport")
         );
         let observed = metrics
             .lines()
@@ -95,10 +109,29 @@ pub fn run() -> anyhow::Result<()> {
             observed
         );
     }
-    println!("\nThe observer's own series, and the latency of alpha__sleep for alice:");
+    println!("\nGround truth of ACL decisions, auth failures and sessions (the load client's own count):");
+    for key in ["acl", "auth_failures", "sessions"] {
+        for row in truth[key].as_array().context(key)? {
+            println!("  {key}: {row}");
+        }
+    }
+    println!("\nWhat the observer saw of them, of the backend pool, and of alice's alpha__sleep latency:");
+    let shown = [
+        "mcp_proxy_acl_decisions_total",
+        "mcp_proxy_auth_failures_total",
+        "mcp_proxy_sessions_",
+        "mcp_proxy_session_duration_seconds_count",
+        "mcp_proxy_backend",
+        "mcp_proxy_idle_reaper_runs_total",
+        "mcp_proxy_tool_cache_entries",
+        "mcp_proxy_classifier_cache",
+        "mcp_proxy_child_spawns_total",
+        "mcp_proxy_requests_in_flight",
+        "mcp_proxy_request_oldest_in_flight_seconds",
+    ];
     for line in metrics.lines().filter(|l| {
-        l.starts_with("mcp_observer_")
-            || l.starts_with("mcp_proxy_requests_in_flight")
+        (shown.iter().any(|prefix| l.starts_with(prefix)) && !l.contains("_bucket{"))
+            || (l.starts_with("mcp_observer_") && !l.ends_with(" 0"))
             || (l.contains("identity=\"alice\"")
                 && l.contains("tool=\"sleep\"")
                 && l.starts_with("mcp_proxy_request_duration"))

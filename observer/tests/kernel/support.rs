@@ -44,6 +44,8 @@ pub fn testbed_bin() -> PathBuf {
 pub struct Running {
     pub child: Child,
     pub addr: String,
+    /// Every stderr line so far.
+    pub stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl Running {
@@ -74,7 +76,17 @@ impl Running {
             let _ = child.kill();
             panic!("{command:?} never printed {marker:?}; stderr: {:?}", stderr.lock().unwrap());
         };
-        Running { child, addr }
+        Running { child, addr, stderr }
+    }
+
+    /// Waits for the process to exit after `signal`, and returns its stderr lines.
+    pub fn stop(mut self, signal: i32) -> Vec<String> {
+        self.signal(signal);
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "exit after signal {signal}: {status:?}");
+        // The reader thread may still be appending the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        self.stderr.lock().unwrap().clone()
     }
 
     pub fn signal(&self, signal: i32) {
@@ -103,8 +115,13 @@ impl Drop for Running {
 
 /// Starts the testbed proxy from `binary` on a free loopback port.
 pub fn start_proxy(binary: &Path) -> Running {
+    start_proxy_with(binary, &[])
+}
+
+/// Starts the testbed proxy with extra arguments.
+pub fn start_proxy_with(binary: &Path, extra: &[&str]) -> Running {
     let mut command = Command::new(binary);
-    command.args(["proxy", "--listen", "127.0.0.1:0"]);
+    command.args(["proxy", "--listen", "127.0.0.1:0"]).args(extra);
     Running::spawn(command, " serving ")
 }
 
@@ -133,6 +150,7 @@ pub fn wait_for(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
 #[derive(Clone, Debug)]
 pub struct Truth {
     pub method: String,
+    pub transport: String,
     pub server: String,
     pub tool: String,
     pub identity: String,
@@ -142,15 +160,36 @@ pub struct Truth {
 
 /// Runs the testbed load client against `proxy` and returns its ground truth.
 pub fn run_load(proxy: &Running, calls: usize, concurrency: usize, seed: u64, sleep_ms: u64) -> Vec<Truth> {
-    let output = Command::new(testbed_bin())
-        .args(["load", "--url", &format!("http://{}/mcp", proxy.addr)])
-        .args(["--calls", &calls.to_string(), "--concurrency", &concurrency.to_string()])
-        .args(["--seed", &seed.to_string(), "--sleep-ms", &sleep_ms.to_string()])
-        .output()
-        .expect("run the load client");
-    assert!(output.status.success(), "load client failed: {}", String::from_utf8_lossy(&output.stderr));
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("ground truth is JSON");
-    json["requests"]
+    requests_of(&load_truth(proxy, calls, concurrency, seed, sleep_ms, &[]))
+}
+
+/// Runs the load client with extra arguments and returns its whole ground truth.
+pub fn load_truth(
+    proxy: &Running,
+    calls: usize,
+    concurrency: usize,
+    seed: u64,
+    sleep_ms: u64,
+    extra: &[&str],
+) -> serde_json::Value {
+    testbed_client(&[
+        &["load", "--url", &format!("http://{}/mcp", proxy.addr)],
+        &["--calls", &calls.to_string(), "--concurrency", &concurrency.to_string()],
+        &["--seed", &seed.to_string(), "--sleep-ms", &sleep_ms.to_string()],
+        extra,
+    ])
+}
+
+/// Runs a testbed client subcommand and parses the one JSON object it prints.
+pub fn testbed_client(args: &[&[&str]]) -> serde_json::Value {
+    let output = Command::new(testbed_bin()).args(args.concat()).output().expect("run the testbed client");
+    assert!(output.status.success(), "testbed client failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("ground truth is JSON")
+}
+
+/// The request rows of a ground truth.
+pub fn requests_of(truth: &serde_json::Value) -> Vec<Truth> {
+    truth["requests"]
         .as_array()
         .expect("requests array")
         .iter()
@@ -158,6 +197,7 @@ pub fn run_load(proxy: &Running, calls: usize, concurrency: usize, seed: u64, sl
             let field = |name: &str| row[name].as_str().expect("string field").to_string();
             Truth {
                 method: field("method"),
+                transport: field("transport"),
                 server: field("server"),
                 tool: field("tool"),
                 identity: field("identity"),
@@ -181,10 +221,15 @@ pub fn merge(truths: &[Vec<Truth>]) -> Vec<Truth> {
 }
 
 impl Truth {
+    /// A request whose end never came, expired by the observer: only its status is known.
+    pub fn expired(&self) -> bool {
+        self.status == "timeout" && self.method.is_empty()
+    }
+
     pub fn labels(&self) -> [(&str, &str); 6] {
         [
             ("method", &self.method),
-            ("transport", "streamable_http"),
+            ("transport", &self.transport),
             ("status", &self.status),
             ("identity", &self.identity),
             ("server", &self.server),
@@ -252,9 +297,11 @@ pub fn assert_requests_match(observer: &Running, truth: &[Truth]) {
             row.count as f64,
             "requests_total for {row:?}"
         );
+        // An expired request never ended: it has no latency.
+        let timed = if row.expired() { 0 } else { row.count };
         assert_eq!(
             value(&metrics, "mcp_proxy_request_duration_seconds_count", &labels),
-            row.count as f64,
+            timed as f64,
             "duration histogram count for {row:?}"
         );
     }
@@ -263,12 +310,14 @@ pub fn assert_requests_match(observer: &Running, truth: &[Truth]) {
         total as f64,
         "series beyond the ground truth"
     );
-    assert_eq!(value(&metrics, "mcp_observer_events_total", &[("kind", "request_end")]), total as f64);
+    let ended: u64 = truth.iter().filter(|t| !t.expired()).map(|t| t.count).sum();
+    assert_eq!(value(&metrics, "mcp_observer_events_total", &[("kind", "request_end")]), ended as f64);
     for clean in [
         "mcp_observer_events_lost_total",
         "mcp_observer_decode_errors_total",
         "mcp_observer_bad_user_pointers_total",
-        "mcp_observer_unmatched_request_ends_total",
+        "mcp_observer_unmatched_ends_total",
+        "mcp_observer_late_request_ends_total",
         "mcp_observer_in_flight_full_total",
         "mcp_observer_duplicate_request_starts_total",
         "mcp_proxy_requests_in_flight",
@@ -291,6 +340,39 @@ pub fn assert_sleeps_are_slow(observer: &Running, truth: &[Truth], below: f64) {
             "fast sleeps for {row:?}"
         );
         assert_eq!(bucket(&metrics, "mcp_proxy_request_duration_seconds", &labels, 300.0), row.count as f64);
+    }
+}
+
+/// Rows of a ground-truth table (`truth[key]`): each row's string fields as labels, and
+/// its `count`. The metric must have exactly these series with exactly these values.
+pub fn assert_rows_match(observer: &Running, metric: &str, truth: &serde_json::Value, key: &str) {
+    let rows = truth[key].as_array().unwrap_or_else(|| panic!("ground truth has no {key}: {truth}"));
+    let metrics = scrape(observer);
+    let mut total = 0.0;
+    for row in rows {
+        let labels: Vec<(&str, &str)> = row
+            .as_object()
+            .expect("row object")
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
+            .collect();
+        let count = row["count"].as_f64().expect("count");
+        assert_eq!(value(&metrics, metric, &labels), count, "{metric} for {row}");
+        total += count;
+    }
+    assert_eq!(value(&metrics, metric, &[]), total, "{metric}: series beyond the ground truth");
+}
+
+/// Scrapes until `done` holds (at most 10 s), then returns that scrape.
+pub fn scrape_until(observer: &Running, what: &str, mut done: impl FnMut(&Scrape) -> bool) -> Scrape {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = scrape(observer);
+        if done(&metrics) {
+            return metrics;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

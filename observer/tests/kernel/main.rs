@@ -2,6 +2,7 @@
 //! processes, checked against the load client's ground truth. They need root and run
 //! one at a time; when not root they fail, they never skip.
 
+mod catalogue;
 mod support;
 
 use std::{
@@ -23,9 +24,12 @@ fn request_counts_and_latencies_match_the_ground_truth() {
     // 100 ms sleeps: nothing in the 50 ms bucket or below.
     assert_sleeps_are_slow(&observer, &truth, 0.05);
     let metrics = scrape(&observer);
-    assert_eq!(value(&metrics, "mcp_observer_probes_attached", &[]), 2.0);
+    assert_eq!(value(&metrics, "mcp_observer_probes_attached", &[]), PROBES);
     assert_eq!(value(&metrics, "mcp_observer_targets", &[]), 1.0);
 }
+
+/// Probe functions in the testbed proxy: the whole catalogue of ABI v1.
+const PROBES: f64 = 14.0;
 
 #[test]
 fn a_stripped_proxy_is_found_through_its_note() {
@@ -50,7 +54,7 @@ fn a_stripped_proxy_is_found_through_its_note() {
     let (code, stdout, stderr) = observe_once(&["--pid", &pid, "--check"], &[]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("(probe ABI v1, from the .note.mcp_probes)"), "{stdout}");
-    assert_eq!(stdout.lines().filter(|l| l.ends_with("  attached")).count(), 2, "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.ends_with("  attached")).count(), PROBES as usize, "{stdout}");
 
     let observer = start_observer(&[proxy.pid()], &[]);
     let truth = run_load(&proxy, 200, 4, 5, 100);
@@ -181,8 +185,8 @@ fn sigterm_detaches_every_probe() {
     let proxy = start_proxy(&testbed_bin());
     let mut observer = start_observer(&[proxy.pid()], &[]);
     let ours = programs_held_by(observer.pid());
-    assert_eq!(ours.len(), 2, "the observer holds its two programs");
-    assert_eq!(links_of(&ours), 2, "one link per probe");
+    assert_eq!(ours.len(), PROBES as usize, "the observer holds one program per probe");
+    assert_eq!(links_of(&ours), PROBES as usize, "one link per probe");
     observer.signal(libc::SIGTERM);
     let status = observer.child.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
@@ -223,40 +227,6 @@ fn links_of(programs: &[u64]) -> usize {
 }
 
 #[test]
-fn label_values_past_the_cap_fold_into_other_and_are_counted() {
-    let _serial = kernel_test();
-    const CAP: usize = 3;
-    let proxy = start_proxy(&testbed_bin());
-    let observer = start_observer(&[proxy.pid()], &["--max-label-values", &CAP.to_string()]);
-    let truth = run_load(&proxy, 300, 4, 13, 10);
-    let total: u64 = truth.iter().map(|t| t.count).sum();
-    wait_for(Duration::from_secs(5), "every request counted", || {
-        value(&scrape(&observer), "mcp_proxy_requests_total", &[]) == total as f64
-    });
-    let metrics = scrape(&observer);
-    // The mix has 5 methods and 4 tools ("" included): each label keeps CAP values.
-    for label in ["method", "tool"] {
-        let mut kept: Vec<&str> = metrics
-            .samples
-            .iter()
-            .filter(|s| s.metric == "mcp_proxy_requests_total")
-            .filter_map(|s| s.labels.get(label))
-            .filter(|v| *v != "__other__")
-            .collect();
-        kept.sort();
-        kept.dedup();
-        assert_eq!(kept.len(), CAP, "{label} values kept: {kept:?}");
-        let folded = value(&metrics, "mcp_proxy_requests_total", &[(label, "__other__")]);
-        assert!(folded > 0.0, "nothing folded for {label}");
-        assert_eq!(
-            value(&metrics, "mcp_observer_label_overflow_total", &[("label", label)]),
-            folded,
-            "{label}"
-        );
-    }
-}
-
-#[test]
 fn a_misbehaving_proxy_is_counted_not_trusted() {
     let _serial = kernel_test();
     let mut proxy = Command::new(testbed_bin())
@@ -269,9 +239,10 @@ fn a_misbehaving_proxy_is_counted_not_trusted() {
     let observer = start_observer(&[proxy.id()], &[]);
     proxy.stdin.take().unwrap().write_all(b"go\n").unwrap();
     assert!(proxy.wait_with_output().unwrap().status.success());
-    // Six ends were called; the one with a null RequestEnd cannot become an event.
-    wait_for(Duration::from_secs(5), "five request events", || {
-        value(&scrape(&observer), "mcp_observer_events_total", &[]) == 5.0
+    // Six request ends (the one with a null RequestEnd cannot become an event), four ACL
+    // decisions (one null), one disconnect and one session close.
+    wait_for(Duration::from_secs(5), "ten events", || {
+        value(&scrape(&observer), "mcp_observer_events_total", &[]) == 10.0
     });
     let metrics = scrape(&observer);
     let requests = |method: &str, labels: &[(&str, &str)]| {
@@ -283,7 +254,8 @@ fn a_misbehaving_proxy_is_counted_not_trusted() {
     assert_eq!(requests("duplicate_start", &[("identity", "alice"), ("tool", "echo")]), 1.0);
     assert_eq!(count("mcp_observer_duplicate_request_starts_total"), 1.0);
     assert_eq!(requests("end_without_start", &[]), 1.0);
-    assert_eq!(count("mcp_observer_unmatched_request_ends_total"), 1.0);
+    let unmatched = |kind: &str| value(&metrics, "mcp_observer_unmatched_ends_total", &[("kind", kind)]);
+    assert_eq!(unmatched("request_end"), 1.0);
     assert_eq!(
         value(&metrics, "mcp_proxy_request_duration_seconds_count", &[("method", "end_without_start")]),
         0.0,
@@ -292,16 +264,31 @@ fn a_misbehaving_proxy_is_counted_not_trusted() {
     assert_eq!(requests("unreadable_tool", &[("tool", "")]), 1.0);
     assert_eq!(
         count("mcp_observer_bad_user_pointers_total"),
-        2.0,
-        "the unreadable tool and the null RequestEnd"
+        3.0,
+        "the unreadable tool, the null RequestEnd and the null AclCheck"
     );
-    assert_eq!(requests("long_identity", &[("identity", &"x".repeat(128))]), 1.0);
-    assert_eq!(value(&metrics, "mcp_observer_label_truncated_total", &[("label", "identity")]), 1.0);
+    let x128 = "x".repeat(128);
+    assert_eq!(requests("long_identity", &[("identity", &x128)]), 1.0);
+    assert_eq!(value(&metrics, "mcp_observer_label_truncated_total", &[("label", "identity")]), 2.0);
     // The value is `caf\xff\xfe`; prometheus-parse keeps the exposition's `\\` escapes.
-    assert_eq!(requests("not_utf8_identity", &[("identity", r"caf\\xff\\xfe")]), 1.0);
+    let not_utf8 = r"caf\\xff\\xfe";
+    assert_eq!(requests("not_utf8_identity", &[("identity", not_utf8)]), 1.0);
     assert_eq!(count("mcp_proxy_requests_total"), 5.0);
     assert_eq!(count("mcp_proxy_requests_in_flight"), 0.0);
-    assert_eq!(count("mcp_observer_decode_errors_total"), 0.0);
+    let acl = |identity: &str, decision: &str| {
+        let labels = [("identity", identity), ("server", "alpha"), ("tool", "echo"), ("decision", decision)];
+        value(&metrics, "mcp_proxy_acl_decisions_total", &labels)
+    };
+    assert_eq!(acl(&x128, "deny"), 1.0);
+    assert_eq!(acl(not_utf8, "allow"), 1.0);
+    assert_eq!(count("mcp_proxy_acl_decisions_total"), 2.0, "the undefined decision is not counted");
+    assert_eq!(count("mcp_observer_decode_errors_total"), 1.0, "the undefined ACL decision");
+    assert_eq!(unmatched("backend_disconnect"), 1.0);
+    assert_eq!(unmatched("session_close"), 1.0);
+    assert_eq!(value(&metrics, "mcp_proxy_backend_disconnects_total", &[("reason", "error")]), 1.0);
+    assert_eq!(count("mcp_proxy_backends_connected"), 0.0, "never below zero");
+    assert_eq!(count("mcp_proxy_sessions_active"), 0.0, "never below zero");
+    assert_eq!(count("mcp_proxy_sessions_closed_total"), 1.0);
 }
 
 #[test]

@@ -1,0 +1,76 @@
+//! Building and sending a [`ProbeEvent`]: every probe goes through [`send`], so every
+//! event is counted lost when the ring buffer is full, and every string is bounded.
+
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user};
+use core::ptr::addr_of_mut;
+use observer_common::{
+    CAPS, EventHeader, FLAG_TRUNCATED_SHIFT, FLAG_UNREADABLE_SHIFT, ProbeEvent, abi, counter, field,
+};
+
+use crate::maps::{EVENTS, count, submit_flags};
+
+pub fn tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// Reserves an event, fills the header, `id` and `value` and leaves every string empty;
+/// `fill` then writes strings (with [`read_str`]) and the duration and returns the flags.
+#[inline(always)]
+pub fn send(kind: u32, now: u64, id: u64, value: u64, fill: impl FnOnce(*mut ProbeEvent) -> u32) {
+    let Some(mut entry) = EVENTS.reserve::<ProbeEvent>(0) else {
+        // The event is lost, and counted so that received + lost = sent.
+        count(counter::LOST_BASE + kind);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points to a reservation of the right size; every field is written
+    // through raw pointers before submit (strings only up to their lengths).
+    unsafe {
+        (*ev).header = EventHeader { kind, tgid: tgid(), ts_ns: now };
+        (*ev).id = id;
+        (*ev).duration_ns = 0;
+        (*ev).value = value;
+        (*ev).lens = [0; field::COUNT];
+        (*ev).pad = 0;
+        (*ev).flags = fill(ev);
+    }
+    entry.submit(submit_flags());
+}
+
+/// Copies at most the slot's capacity of a user string into slot `FIELD` of `ev`; never
+/// trusts the length. Sets the truncated or unreadable flag bit of that slot in `flags`.
+///
+/// # Safety
+/// `ev` must point to a reserved event.
+#[inline(always)]
+pub unsafe fn read_str<const FIELD: usize>(src: &abi::Str, ev: *mut ProbeEvent, flags: &mut u32) {
+    // SAFETY: field addresses of a valid event pointer.
+    let (dst, cap) = unsafe {
+        match FIELD {
+            field::METHOD => (addr_of_mut!((*ev).method).cast::<u8>(), CAPS[field::METHOD]),
+            field::TRANSPORT => (addr_of_mut!((*ev).transport).cast::<u8>(), CAPS[field::TRANSPORT]),
+            field::IDENTITY => (addr_of_mut!((*ev).identity).cast::<u8>(), CAPS[field::IDENTITY]),
+            field::SERVER => (addr_of_mut!((*ev).server).cast::<u8>(), CAPS[field::SERVER]),
+            _ => (addr_of_mut!((*ev).tool).cast::<u8>(), CAPS[field::TOOL]),
+        }
+    };
+    let mut len = src.len as usize;
+    if len > cap {
+        len = cap;
+        *flags |= 1 << (FLAG_TRUNCATED_SHIFT + FIELD as u32);
+    }
+    // Re-bound for the verifier, which may lose track of `len` across the branch.
+    let len = len & (2 * cap - 1);
+    if len == 0 || len > cap {
+        return;
+    }
+    // SAFETY: `dst` has `cap` ≥ `len` bytes; the helper fails cleanly on a bad address.
+    let read = unsafe { bpf_probe_read_user(dst.cast(), len as u32, src.ptr as *const _) };
+    if read == 0 {
+        // SAFETY: as above.
+        unsafe { (*ev).lens[FIELD] = len as u16 };
+    } else {
+        *flags |= 1 << (FLAG_UNREADABLE_SHIFT + FIELD as u32);
+        count(counter::BAD_USER_POINTER);
+    }
+}

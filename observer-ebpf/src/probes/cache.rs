@@ -1,0 +1,18 @@
+//! `mcp_probe_tool_cache_size` and `mcp_probe_classifier_cache`.
+
+use aya_ebpf::{macros::uprobe, programs::ProbeContext};
+use observer_common::{field, kind};
+
+use super::send_labelled;
+
+#[uprobe]
+pub fn mcp_tool_cache_size(ctx: ProbeContext) -> u32 {
+    send_labelled::<{ field::SERVER }>(&ctx, kind::TOOL_CACHE_SIZE, false);
+    0
+}
+
+#[uprobe]
+pub fn mcp_classifier_cache(ctx: ProbeContext) -> u32 {
+    send_labelled::<{ field::SERVER }>(&ctx, kind::CLASSIFIER_CACHE, false);
+    0
+}

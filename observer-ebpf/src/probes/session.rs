@@ -1,0 +1,19 @@
+//! `mcp_probe_session_open` / `mcp_probe_session_close`. The agent pairs them by
+//! (tgid, session id) and takes the duration from the two kernel timestamps.
+
+use aya_ebpf::{macros::uprobe, programs::ProbeContext};
+use observer_common::{field, kind};
+
+use super::send_labelled;
+
+#[uprobe]
+pub fn mcp_session_open(ctx: ProbeContext) -> u32 {
+    send_labelled::<{ field::TRANSPORT }>(&ctx, kind::SESSION_OPEN, true);
+    0
+}
+
+#[uprobe]
+pub fn mcp_session_close(ctx: ProbeContext) -> u32 {
+    send_labelled::<{ field::TRANSPORT }>(&ctx, kind::SESSION_CLOSE, true);
+    0
+}

@@ -1,0 +1,49 @@
+//! ACL decisions and authentication failures.
+
+use observer_common::{ProbeEvent, field};
+use prometheus::{IntCounterVec, Registry};
+
+use super::counter_vec;
+use crate::events::{DecodeError, name, names};
+
+pub struct Access {
+    acl_decisions: IntCounterVec,
+    auth_failures: IntCounterVec,
+}
+
+impl Access {
+    pub fn new(registry: &Registry) -> Self {
+        let access = Self {
+            acl_decisions: counter_vec(
+                registry,
+                "mcp_proxy_acl_decisions_total",
+                "Tool calls checked by the proxy's ACL, by identity, tool and decision",
+                &["identity", "server", "tool", "decision"],
+            ),
+            auth_failures: counter_vec(
+                registry,
+                "mcp_proxy_auth_failures_total",
+                "Clients that failed to authenticate",
+                &["reason"],
+            ),
+        };
+        for reason in names::AUTH_FAILURE {
+            access.auth_failures.with_label_values(&[reason]);
+        }
+        access
+    }
+
+    pub fn acl_decision(&self, ev: &ProbeEvent, label: impl Fn(usize) -> String) -> Result<(), DecodeError> {
+        // Only the low 32 bits are the decision; the rest is reserved.
+        let decision = name(names::DECISION, "ACL decision", ev.value & u64::from(u32::MAX))?;
+        let [identity, server, tool] = [field::IDENTITY, field::SERVER, field::TOOL].map(label);
+        self.acl_decisions.with_label_values(&[identity.as_str(), &server, &tool, decision]).inc();
+        Ok(())
+    }
+
+    pub fn auth_failure(&self, ev: &ProbeEvent) -> Result<(), DecodeError> {
+        let reason = name(names::AUTH_FAILURE, "authentication failure reason", ev.value)?;
+        self.auth_failures.with_label_values(&[reason]).inc();
+        Ok(())
+    }
+}

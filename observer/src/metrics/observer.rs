@@ -1,0 +1,94 @@
+//! The observer's own health: events received and lost, attachment, decoding, labels,
+//! and the defects of the observed proxy that it counts instead of trusting.
+
+use observer_common::kind;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
+
+use super::{counter_vec, register};
+
+pub struct ObserverMetrics {
+    pub events: IntCounterVec,
+    pub events_lost: IntCounterVec,
+    pub probes_attached: IntGauge,
+    pub targets: IntGauge,
+    pub decode_errors: IntCounter,
+    pub label_overflow: IntCounterVec,
+    pub label_truncated: IntCounterVec,
+    pub bad_user_pointers: IntCounter,
+    pub in_flight_full: IntCounter,
+    pub duplicate_starts: IntCounter,
+    pub unmatched_ends: IntCounterVec,
+    pub late_request_ends: IntCounter,
+}
+
+impl ObserverMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        let int_counter =
+            |name: &str, help: &str| register(registry, IntCounter::new(name, help).expect("valid metric"));
+        let int_gauge =
+            |name: &str, help: &str| register(registry, IntGauge::new(name, help).expect("valid metric"));
+        let metrics = Self {
+            events: counter_vec(
+                registry,
+                "mcp_observer_events_total",
+                "Events received from the kernel",
+                &["kind"],
+            ),
+            events_lost: counter_vec(
+                registry,
+                "mcp_observer_events_lost_total",
+                "Events dropped in the kernel because the ring buffer was full",
+                &["kind"],
+            ),
+            probes_attached: int_gauge(
+                "mcp_observer_probes_attached",
+                "Probe functions with an attached uprobe",
+            ),
+            targets: int_gauge("mcp_observer_targets", "Observed proxy processes still running"),
+            decode_errors: int_counter(
+                "mcp_observer_decode_errors_total",
+                "Ring-buffer records or probe arguments that could not be decoded",
+            ),
+            label_overflow: counter_vec(
+                registry,
+                "mcp_observer_label_overflow_total",
+                "Label values folded into __other__ by a per-label cap or the tool allowlist",
+                &["label"],
+            ),
+            label_truncated: counter_vec(
+                registry,
+                "mcp_observer_label_truncated_total",
+                "Label values cut at their byte bound in the kernel",
+                &["label"],
+            ),
+            bad_user_pointers: int_counter(
+                "mcp_observer_bad_user_pointers_total",
+                "Probe arguments pointing to memory the kernel could not read",
+            ),
+            in_flight_full: int_counter(
+                "mcp_observer_in_flight_full_total",
+                "Request starts not recorded because the in-flight map was full",
+            ),
+            duplicate_starts: int_counter(
+                "mcp_observer_duplicate_request_starts_total",
+                "Request starts reusing the id of a request still in flight (the first start is kept)",
+            ),
+            unmatched_ends: counter_vec(
+                registry,
+                "mcp_observer_unmatched_ends_total",
+                "Ends (request end, connect end, disconnect, session close) whose start was not seen: counted, without a duration",
+                &["kind"],
+            ),
+            late_request_ends: int_counter(
+                "mcp_observer_late_request_ends_total",
+                "Request ends that arrived after the agent had expired the request as a timeout (not counted twice)",
+            ),
+        };
+        // Present from the start, so that a dashboard sees 0 rather than no data.
+        for name in &kind::NAMES[1..] {
+            metrics.events.with_label_values(&[name]);
+            metrics.events_lost.with_label_values(&[name]);
+        }
+        metrics
+    }
+}
