@@ -22,6 +22,26 @@ pub struct AppState {
     pub ready: AtomicBool,
 }
 
+impl AppState {
+    /// Folds the kernel maps into the metrics, after forgetting the processes in `exited`.
+    /// On a blocking thread: walking a full in-flight map takes syscalls per entry, and
+    /// the ring-buffer reader must not wait for it.
+    pub async fn refresh(self: &Arc<Self>, exited: Vec<u32>) {
+        let state = self.clone();
+        let refreshed = tokio::task::spawn_blocking(move || {
+            let mut kernel = state.kernel.lock().expect("kernel maps lock");
+            for pid in exited {
+                kernel.forget_process(pid, &state.metrics);
+                state.metrics.forget_process(pid);
+            }
+            kernel.refresh(&state.metrics);
+        });
+        if let Err(error) = refreshed.await {
+            log::error!("refreshing the kernel maps failed: {error}");
+        }
+    }
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
@@ -31,7 +51,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    state.kernel.lock().expect("kernel maps lock").refresh(&state.metrics);
+    state.refresh(Vec::new()).await;
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], state.metrics.encode())
 }
 

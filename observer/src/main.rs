@@ -14,7 +14,6 @@ mod spans;
 
 use std::{
     net::SocketAddr,
-    path::Path,
     process::ExitCode,
     sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
@@ -49,11 +48,11 @@ struct Cli {
     #[arg(long, default_value_t = 256 * 1024, value_name = "BYTES")]
     ring_buffer_bytes: u32,
     /// How often the agent drains the ring buffer, in milliseconds.
-    #[arg(long, default_value_t = 5, value_name = "MS")]
+    #[arg(long, default_value_t = 5, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=1000))]
     drain_interval_ms: u64,
     /// Count a request in flight longer than this as status="timeout" and forget it
     /// (the proxy dropped it without ending it). Keep it above the proxy's own timeout.
-    #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     request_expiry_secs: u64,
     #[command(flatten)]
     labels: LabelArgs,
@@ -257,16 +256,19 @@ async fn watch_targets(attached: &[Attached], state: Arc<AppState>) {
             None => probes.push((a.pid, 1)),
         }
     }
+    let mut exited = Vec::new();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticker.tick().await;
-        state.kernel.lock().expect("kernel maps lock").refresh(&state.metrics);
+        // Processes seen gone a tick ago: the reader has drained their last events (their
+        // shutdown disconnects and session closes) by now.
+        state.refresh(std::mem::take(&mut exited)).await;
         probes.retain(|(pid, _)| {
-            let alive = Path::new(&format!("/proc/{pid}")).exists();
+            let alive = is_running(*pid);
             if !alive {
                 log::warn!("target process {pid} exited; metrics stay served");
-                state.metrics.forget_process(*pid);
                 state.ready.store(false, Ordering::Relaxed);
+                exited.push(*pid);
             }
             alive
         });
@@ -275,4 +277,12 @@ async fn watch_targets(attached: &[Attached], state: Arc<AppState>) {
         // A dead process's uprobes no longer fire.
         observer.probes_attached.set(probes.iter().map(|(_, count)| *count).sum::<usize>() as i64);
     }
+}
+
+/// Whether `pid` exists and is not a zombie (exited, not yet reaped by its parent).
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which may itself hold spaces and parentheses.
+        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z")
+    })
 }

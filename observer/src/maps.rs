@@ -1,7 +1,7 @@
 //! The agent's view of the kernel maps read at scrape time: the per-CPU counters, and the
 //! in-flight request map whose stale entries it expires.
 
-use std::time::Duration;
+use std::{collections::HashMap as StdHashMap, time::Duration};
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
 use observer_common::{InFlightKey, counter};
@@ -31,32 +31,70 @@ impl KernelMaps {
         }
     }
 
-    /// Each counter summed over CPUs.
+    /// Each counter summed over CPUs. Read from the last index down, so that requests
+    /// finished are read before requests started: a request that starts and ends between
+    /// the two reads must not make the in-flight gauge read low.
     fn totals(&self) -> Result<[u64; counter::COUNT as usize], MapError> {
+        const _: () = assert!(counter::REQUESTS_FINISHED > counter::REQUESTS_STARTED);
         let mut totals = [0; counter::COUNT as usize];
-        for (index, total) in (0..).zip(totals.iter_mut()) {
+        for (index, total) in (0..counter::COUNT).zip(totals.iter_mut()).rev() {
             *total = self.counters.get(&index, 0)?.iter().sum();
         }
         Ok(totals)
+    }
+
+    /// Process `tgid` exited: its requests in flight will never end, so they are counted
+    /// as timeouts now rather than at their expiry.
+    pub fn forget_process(&mut self, tgid: u32, metrics: &Metrics) {
+        for (key, start) in self.in_flight_snapshot() {
+            if key.tgid == tgid {
+                self.expire(key, start, metrics);
+            }
+        }
     }
 
     /// Expires requests older than `request_expiry` (their end never came: the proxy
     /// dropped them) and sets the age of the oldest one left.
     fn sweep_in_flight(&mut self, metrics: &Metrics) {
         let now = monotonic_ns();
-        let expiry = self.request_expiry.as_nanos() as u64;
-        let entries: Vec<(InFlightKey, u64)> =
-            self.in_flight.iter().take(MAX_IN_FLIGHT).filter_map(Result::ok).collect();
+        let expiry = u64::try_from(self.request_expiry.as_nanos()).unwrap_or(u64::MAX);
         let mut oldest = 0;
-        for (key, start) in entries {
+        for (key, start) in self.in_flight_snapshot() {
             let age = now.saturating_sub(start);
             if age >= expiry {
-                metrics.expire_request(key, || self.in_flight.remove(&key).is_ok());
+                self.expire(key, start, metrics);
             } else {
                 oldest = oldest.max(age);
             }
         }
         metrics.set_oldest_in_flight(oldest as f64 / 1e9);
+    }
+
+    /// Every entry once: a key the kernel deletes under the walk restarts it from the
+    /// first key, so keys can come twice.
+    fn in_flight_snapshot(&self) -> StdHashMap<InFlightKey, u64> {
+        let mut entries = StdHashMap::new();
+        for entry in self.in_flight.iter().take(MAX_IN_FLIGHT) {
+            match entry {
+                Ok((key, start)) => {
+                    entries.insert(key, start);
+                }
+                Err(error) => {
+                    log::warn!("reading the in-flight map: {error}; the sweep goes on with what it read");
+                    break;
+                }
+            }
+        }
+        entries
+    }
+
+    /// Removes `key` if it still holds `start`: its request may have ended and its id
+    /// been reused since the snapshot, and that new request is not the stale one.
+    fn expire(&mut self, key: InFlightKey, start: u64, metrics: &Metrics) {
+        let in_flight = &mut self.in_flight;
+        metrics.expire_request(key, || {
+            in_flight.get(&key, 0).is_ok_and(|now| now == start) && in_flight.remove(&key).is_ok()
+        });
     }
 }
 

@@ -2,18 +2,30 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use observer_common::ProbeEvent;
+use observer_common::{ProbeEvent, field};
 use prometheus::{IntCounterVec, IntGaugeVec, Registry};
 
-use super::{counter_vec, gauge_vec};
-use crate::events::{DecodeError, name, names};
+use super::{counter_vec, gauge_value, gauge_vec};
+use crate::{
+    events::{DecodeError, name, names, string},
+    spans::MAX_OPEN,
+};
 
 pub struct Caches {
     tool_cache_entries: IntGaugeVec,
     classifier_hits: IntCounterVec,
     classifier_misses: IntCounterVec,
-    /// The last size reported per (process, server): the gauge sums over processes.
-    sizes: Mutex<HashMap<(u32, String), u64>>,
+    sizes: Mutex<HashMap<SizeKey, Size>>,
+}
+
+/// A cache is one server's in one process, by the server's own name: servers folded into
+/// the same label value must add up, not overwrite each other.
+type SizeKey = (u32, Vec<u8>);
+
+/// The last size a cache reported, and the label it is exported under.
+struct Size {
+    label: String,
+    entries: u64,
 }
 
 impl Caches {
@@ -41,31 +53,44 @@ impl Caches {
         }
     }
 
-    pub fn tool_cache_size(&self, ev: &ProbeEvent, server: String) {
+    pub fn tool_cache_size(&self, ev: &ProbeEvent, label: String) {
         let mut sizes = self.sizes.lock().expect("cache sizes lock");
-        sizes.insert((ev.header.tgid, server.clone()), ev.value);
-        self.set_size(&sizes, &server);
-    }
-
-    fn set_size(&self, sizes: &HashMap<(u32, String), u64>, server: &str) {
-        let total: u64 = sizes.iter().filter(|((_, s), _)| s == server).map(|(_, n)| n).sum();
-        self.tool_cache_entries.with_label_values(&[server]).set(total as i64);
-    }
-
-    pub fn classifier_lookup(&self, ev: &ProbeEvent, server: String) -> Result<(), DecodeError> {
-        match name(names::CACHE_OUTCOME, "classifier cache outcome", ev.value & u64::from(u32::MAX))? {
-            "hit" => self.classifier_hits.with_label_values(&[server]).inc(),
-            _ => self.classifier_misses.with_label_values(&[server]).inc(),
+        let key = (ev.header.tgid, string(ev, field::SERVER).to_vec());
+        if sizes.len() >= MAX_OPEN && !sizes.contains_key(&key) {
+            return;
         }
+        sizes.insert(key, Size { label: label.clone(), entries: ev.value });
+        self.export(&sizes, &label);
+    }
+
+    fn export(&self, sizes: &HashMap<SizeKey, Size>, label: &str) {
+        let entries = sizes.values().filter(|size| size.label == label).map(|size| size.entries);
+        self.tool_cache_entries.with_label_values(&[label]).set(gauge_value(entries));
+    }
+
+    pub fn classifier_lookup(
+        &self,
+        ev: &ProbeEvent,
+        label: impl Fn(usize) -> String,
+    ) -> Result<(), DecodeError> {
+        let outcome = name(names::CACHE_OUTCOME, "classifier cache outcome", ev.value & u64::from(u32::MAX))?;
+        let counter = if outcome == "hit" { &self.classifier_hits } else { &self.classifier_misses };
+        counter.with_label_values(&[label(field::SERVER)]).inc();
         Ok(())
     }
 
     pub fn forget(&self, tgid: u32) {
         let mut sizes = self.sizes.lock().expect("cache sizes lock");
-        let servers: Vec<String> = sizes.keys().filter(|(t, _)| *t == tgid).map(|(_, s)| s.clone()).collect();
-        for server in servers {
-            sizes.remove(&(tgid, server.clone()));
-            self.set_size(&sizes, &server);
+        let mut labels: Vec<String> = Vec::new();
+        sizes.retain(|(t, _), size| {
+            let keep = *t != tgid;
+            if !keep {
+                labels.push(size.label.clone());
+            }
+            keep
+        });
+        for label in labels {
+            self.export(&sizes, &label);
         }
     }
 }

@@ -59,6 +59,8 @@ impl Metrics {
         }
     }
 
+    /// Each family checks the event's ABI values before it asks for labels: an undefined
+    /// value must not spend a slot of a label's cap.
     fn dispatch(&self, ev: &ProbeEvent) -> Result<(), DecodeError> {
         let label = |slot| self.label(ev, slot);
         match ev.header.kind {
@@ -66,15 +68,15 @@ impl Metrics {
             kind::ACL_DECISION => self.access.acl_decision(ev, label)?,
             kind::AUTH_FAILURE => self.access.auth_failure(ev)?,
             kind::BACKEND_CONNECT_START => self.pool.connect_start(ev),
-            kind::BACKEND_CONNECT_END => self.pool.connect_end(ev, label(field::SERVER), &self.observer)?,
-            kind::BACKEND_DISCONNECT => self.pool.disconnect(ev, label(field::SERVER), &self.observer)?,
+            kind::BACKEND_CONNECT_END => self.pool.connect_end(ev, label, &self.observer)?,
+            kind::BACKEND_DISCONNECT => self.pool.disconnect(ev, label, &self.observer)?,
             kind::BACKENDS_CONFIGURED => self.pool.configured(ev),
             kind::IDLE_REAPER_RUN => self.pool.reaper_runs.inc(),
             kind::CHILD_SPAWN => self.pool.child_spawns.with_label_values(&[label(field::SERVER)]).inc(),
             kind::SESSION_OPEN => self.sessions.open(ev, label(field::TRANSPORT)),
-            kind::SESSION_CLOSE => self.sessions.close(ev, label(field::TRANSPORT), &self.observer)?,
+            kind::SESSION_CLOSE => self.sessions.close(ev, label, &self.observer)?,
             kind::TOOL_CACHE_SIZE => self.caches.tool_cache_size(ev, label(field::SERVER)),
-            kind::CLASSIFIER_CACHE => self.caches.classifier_lookup(ev, label(field::SERVER))?,
+            kind::CLASSIFIER_CACHE => self.caches.classifier_lookup(ev, label)?,
             kind => return Err(DecodeError::UnknownKind { kind }),
         }
         Ok(())
@@ -142,6 +144,11 @@ impl Metrics {
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding cannot fail");
         String::from_utf8(buffer).expect("text format is UTF-8")
     }
+}
+
+/// A sum of untrusted numbers as a gauge value, saturating instead of wrapping.
+fn gauge_value(values: impl Iterator<Item = u64>) -> i64 {
+    i64::try_from(values.fold(0u64, u64::saturating_add)).unwrap_or(i64::MAX)
 }
 
 /// Registers `collector` and hands it back.

@@ -5,10 +5,12 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use observer_common::{ProbeEvent, kind};
+use observer_common::{ProbeEvent, field, kind};
 use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
-use super::{LIFETIME_BUCKETS, ObserverMetrics, counter_vec, gauge_vec, histogram_vec, register};
+use super::{
+    LIFETIME_BUCKETS, ObserverMetrics, counter_vec, gauge_value, gauge_vec, histogram_vec, register,
+};
 use crate::{
     events::{DecodeError, name, names},
     spans::Spans,
@@ -104,7 +106,7 @@ impl Pool {
     pub fn configured(&self, ev: &ProbeEvent) {
         let mut state = self.state();
         state.configured.insert(ev.header.tgid, ev.value);
-        self.configured.set(state.configured.values().sum::<u64>() as i64);
+        self.configured.set(gauge_value(state.configured.values().copied()));
     }
 
     pub fn connect_start(&self, ev: &ProbeEvent) {
@@ -114,11 +116,12 @@ impl Pool {
     pub fn connect_end(
         &self,
         ev: &ProbeEvent,
-        server: String,
+        label: impl Fn(usize) -> String,
         observer: &ObserverMetrics,
     ) -> Result<(), DecodeError> {
         let connect_kind = name(names::CONNECT_KIND, "connect kind", ev.value & u64::from(u32::MAX))?;
         let result = name(names::CONNECT_RESULT, "connect result", ev.value >> 32)?;
+        let server = label(field::SERVER);
         let (tgid, ts) = (ev.header.tgid, ev.header.ts_ns);
         let mut state = self.state();
         match state.connecting.close(tgid, ev.id, ts) {
@@ -135,10 +138,11 @@ impl Pool {
     pub fn disconnect(
         &self,
         ev: &ProbeEvent,
-        server: String,
+        label: impl Fn(usize) -> String,
         observer: &ObserverMetrics,
     ) -> Result<(), DecodeError> {
         let reason = name(names::DISCONNECT_REASON, "disconnect reason", ev.value & u64::from(u32::MAX))?;
+        let server = label(field::SERVER);
         match self.state().connections.close(ev.header.tgid, ev.id, ev.header.ts_ns) {
             Some((connected, seconds)) => {
                 self.connected.with_label_values(&[&connected]).dec();
@@ -157,7 +161,7 @@ impl Pool {
             self.connected.with_label_values(&[&server]).dec();
         }
         state.configured.remove(&tgid);
-        self.configured.set(state.configured.values().sum::<u64>() as i64);
+        self.configured.set(gauge_value(state.configured.values().copied()));
     }
 }
 

@@ -38,14 +38,17 @@ struct Expired {
 }
 
 impl Expired {
-    fn remember(&mut self, key: InFlightKey) {
-        if self.keys.insert(key) {
-            self.order.push_back(key);
+    /// Remembers `key`; false if it already was.
+    fn remember(&mut self, key: InFlightKey) -> bool {
+        if !self.keys.insert(key) {
+            return false;
         }
+        self.order.push_back(key);
         while self.order.len() > REMEMBERED {
             let oldest = self.order.pop_front().expect("non-empty");
             self.keys.remove(&oldest);
         }
+        true
     }
 }
 
@@ -115,11 +118,12 @@ impl Requests {
     /// remembered first, so that an end racing the removal is recognised as late.
     pub fn expire(&self, key: InFlightKey, remove: impl FnOnce() -> bool) {
         let mut expired = self.expired.lock().expect("expired lock");
-        expired.remember(key);
+        let remembered = expired.remember(key);
         if remove() {
             expired.count += 1;
             self.total.with_label_values(&EXPIRED).inc();
-        } else {
+        } else if remembered {
+            // Its end won the race: not expired after all.
             expired.keys.remove(&key);
         }
     }

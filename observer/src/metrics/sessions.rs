@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use observer_common::{ProbeEvent, kind};
+use observer_common::{ProbeEvent, field, kind};
 use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Registry};
 
 use super::{LIFETIME_BUCKETS, ObserverMetrics, counter_vec, gauge_vec, histogram_vec, pool::unmatched};
@@ -68,11 +68,12 @@ impl Sessions {
     pub fn close(
         &self,
         ev: &ProbeEvent,
-        transport: String,
+        label: impl Fn(usize) -> String,
         observer: &ObserverMetrics,
     ) -> Result<(), DecodeError> {
         let reason =
             name(names::SESSION_CLOSE_REASON, "session close reason", ev.value & u64::from(u32::MAX))?;
+        let transport = label(field::TRANSPORT);
         match self.open.lock().expect("sessions lock").close(ev.header.tgid, ev.id, ev.header.ts_ns) {
             Some((opened_on, seconds)) => {
                 self.active.with_label_values(&[&opened_on]).dec();

@@ -175,6 +175,10 @@ fn the_backend_pool_matches_the_pool_scenario() {
     }
     assert_eq!(value(&metrics, "mcp_proxy_backends_connected", &[]), 0.0);
     assert_sessions_match(&observer, &truth);
+    // The scenario's one session outlived two idle periods of 3 × 400 ms.
+    let session = [("transport", "streamable_http")];
+    assert_eq!(bucket(&metrics, "mcp_proxy_session_duration_seconds", &session, 1.0), 0.0);
+    assert_eq!(bucket(&metrics, "mcp_proxy_session_duration_seconds", &session, 10.0), 1.0);
 }
 
 /// A request the proxy drops without ending it (as `mcp serve` does on its request
@@ -298,4 +302,35 @@ fn a_thousand_tool_names_fold_into_other_past_a_cap_of_100() {
     assert_eq!(identities.len(), 1, "{identities:?}");
     let identity = identities.into_iter().next().unwrap();
     assert!(identity.starts_with("sha256:") && !identity.contains("alice"), "{identity}");
+}
+
+/// A proxy that dies with requests in flight: they are counted as timeouts when it is gone
+/// (even as an unreaped zombie), long before their expiry, and the gauges return to rest.
+#[test]
+fn requests_in_flight_of_a_proxy_that_dies_are_counted_as_timeouts() {
+    let _serial = kernel_test();
+    let proxy = start_proxy(&testbed_bin());
+    let observer = start_observer(&[proxy.pid()], &["--request-expiry-secs", "600"]);
+    let url = format!("http://{}/mcp", proxy.addr);
+    let caller = std::thread::spawn(move || {
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"alpha__sleep","arguments":{"ms":30000}}}"#;
+        ureq::post(&url)
+            .header("authorization", "Bearer alice-token")
+            .content_type("application/json")
+            .send(body)
+    });
+    scrape_until(&observer, "the slow call in flight", |m| {
+        value(m, "mcp_proxy_requests_in_flight", &[]) == 1.0
+    });
+    proxy.signal(libc::SIGKILL);
+    assert!(caller.join().unwrap().is_err(), "the killed proxy cannot have answered");
+    let timeout = [("status", "timeout"), ("method", ""), ("tool", "")];
+    let metrics = scrape_until(&observer, "the dead proxy's request counted", |m| {
+        value(m, "mcp_proxy_requests_total", &timeout) == 1.0
+    });
+    assert_eq!(value(&metrics, "mcp_proxy_requests_in_flight", &[]), 0.0);
+    assert_eq!(value(&metrics, "mcp_proxy_request_oldest_in_flight_seconds", &[]), 0.0);
+    assert_eq!(value(&metrics, "mcp_observer_targets", &[]), 0.0);
+    assert_eq!(value(&metrics, "mcp_proxy_backends_connected", &[]), 0.0, "its backend died with it");
+    assert_eq!(value(&metrics, "mcp_proxy_sessions_active", &[]), 0.0);
 }
