@@ -334,3 +334,52 @@ fn requests_in_flight_of_a_proxy_that_dies_are_counted_as_timeouts() {
     assert_eq!(value(&metrics, "mcp_proxy_backends_connected", &[]), 0.0, "its backend died with it");
     assert_eq!(value(&metrics, "mcp_proxy_sessions_active", &[]), 0.0);
 }
+
+/// Sessions the proxy expires after inactivity and closes at shutdown. This test opens
+/// them, so it knows how many and when.
+#[test]
+fn sessions_expire_when_idle_and_close_at_shutdown() {
+    let _serial = kernel_test();
+    let proxy =
+        start_proxy_with(&testbed_bin(), &["--session-idle-ms", "1000", "--reaper-interval-ms", "50"]);
+    let observer = start_observer(&[proxy.pid()], &[]);
+    let url = format!("http://{}/mcp", proxy.addr);
+    let initialize = || {
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"kernel-test","version":"1"}}}"#;
+        let reply = ureq::post(&url)
+            .header("authorization", "Bearer bob-token")
+            .content_type("application/json")
+            .send(body)
+            .expect("initialize");
+        assert!(reply.headers().contains_key("mcp-session-id"), "no session issued");
+    };
+    for _ in 0..3 {
+        initialize();
+    }
+    let transport = [("transport", "streamable_http")];
+    let expired = [("transport", "streamable_http"), ("reason", "expired")];
+    let metrics = scrape_until(&observer, "three sessions expired", |m| {
+        value(m, "mcp_proxy_sessions_closed_total", &expired) == 3.0
+    });
+    assert_eq!(value(&metrics, "mcp_proxy_sessions_opened_total", &transport), 3.0);
+    assert_eq!(value(&metrics, "mcp_proxy_sessions_active", &transport), 0.0);
+    let duration = "mcp_proxy_session_duration_seconds";
+    assert_eq!(value(&metrics, &format!("{duration}_count"), &transport), 3.0);
+    // Idle for a second before the reaper may expire them.
+    assert_eq!(bucket(&metrics, duration, &transport, 0.5), 0.0);
+    assert_eq!(bucket(&metrics, duration, &transport, 5.0), 3.0);
+
+    initialize();
+    initialize();
+    scrape_until(&observer, "two sessions active", |m| {
+        value(m, "mcp_proxy_sessions_active", &transport) == 2.0
+    });
+    proxy.stop(libc::SIGTERM);
+    let shutdown = [("transport", "streamable_http"), ("reason", "shutdown")];
+    let metrics = scrape_until(&observer, "two sessions closed at shutdown", |m| {
+        value(m, "mcp_proxy_sessions_closed_total", &shutdown) == 2.0
+    });
+    assert_eq!(value(&metrics, "mcp_proxy_sessions_active", &transport), 0.0);
+    assert_eq!(value(&metrics, "mcp_proxy_sessions_closed_total", &[]), 5.0);
+    assert_eq!(value(&metrics, "mcp_observer_unmatched_ends_total", &[]), 0.0);
+}
