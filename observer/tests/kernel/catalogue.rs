@@ -11,16 +11,27 @@ use serde_json::Value;
 
 use crate::support::*;
 
-/// ACL decisions, authentication failures, sessions and connect failures of a load.
+/// ACL decisions, authentication failures, sessions, connect failures and backend call
+/// timeouts of a load.
 #[test]
 fn acl_auth_and_sessions_match_the_load_clients_ground_truth() {
     let _serial = kernel_test();
-    let proxy = start_proxy_with(&testbed_bin(), &["--broken-backends", "delta"]);
+    let proxy = start_proxy_with(&testbed_bin(), &["--broken-backends", "delta", "--call-timeout-ms", "200"]);
     let observer = start_observer(&[proxy.pid()], &[]);
-    let truth = load_truth(&proxy, 400, 8, 41, 50, &["--broken", "delta"]);
+    // Every 400 ms sleep outlasts the proxy's 200 ms backend call timeout.
+    let truth = load_truth(&proxy, 400, 8, 41, 400, &["--broken", "delta"]);
     let requests = requests_of(&truth);
     assert!(requests.iter().any(|r| r.status == "connect_failed" && r.server == "delta"), "{truth}");
+    assert!(requests.iter().any(|r| r.status == "timeout" && r.tool == "sleep"), "{truth}");
+    assert!(!requests.iter().any(|r| r.status == "ok" && r.tool == "sleep"), "{truth}");
     assert_requests_match(&observer, &requests);
+    let metrics = scrape(&observer);
+    for row in requests.iter().filter(|r| r.status == "timeout") {
+        // Ended by the proxy after 200 ms.
+        let duration = "mcp_proxy_request_duration_seconds";
+        assert_eq!(bucket(&metrics, duration, &row.labels(), 0.1), 0.0, "{row:?}");
+        assert_eq!(bucket(&metrics, duration, &row.labels(), 1.0), row.count as f64, "{row:?}");
+    }
     assert_rows_match(&observer, "mcp_proxy_acl_decisions_total", &truth, "acl");
     assert_rows_match(&observer, "mcp_proxy_auth_failures_total", &truth, "auth_failures");
     for reason in ["missing_credentials", "invalid_credentials"] {
