@@ -42,6 +42,12 @@ pub fn name(table: &[&'static str], what: &'static str, value: u64) -> Result<&'
     usize::try_from(value).ok().and_then(|i| table.get(i).copied()).ok_or(DecodeError::Value { what, value })
 }
 
+/// The first `u32` of an argument's 8 bytes of scalars (`ProbeEvent::value`): the enum
+/// value; the second is reserved, or a connect's result.
+pub fn low_u32(value: u64) -> u64 {
+    value & u64::from(u32::MAX)
+}
+
 /// Checks a record and copies it out of the ring buffer.
 pub fn decode(bytes: &[u8]) -> Result<Box<ProbeEvent>, DecodeError> {
     let expected = size_of::<ProbeEvent>();

@@ -4,7 +4,7 @@ use observer_common::{ProbeEvent, field};
 use prometheus::{IntCounterVec, Registry};
 
 use super::counter_vec;
-use crate::events::{DecodeError, name, names};
+use crate::events::{DecodeError, low_u32, name, names};
 
 pub struct Access {
     acl_decisions: IntCounterVec,
@@ -34,8 +34,7 @@ impl Access {
     }
 
     pub fn acl_decision(&self, ev: &ProbeEvent, label: impl Fn(usize) -> String) -> Result<(), DecodeError> {
-        // Only the low 32 bits are the decision; the rest is reserved.
-        let decision = name(names::DECISION, "ACL decision", ev.value & u64::from(u32::MAX))?;
+        let decision = name(names::DECISION, "ACL decision", low_u32(ev.value))?;
         let [identity, server, tool] = [field::IDENTITY, field::SERVER, field::TOOL].map(label);
         self.acl_decisions.with_label_values(&[identity.as_str(), &server, &tool, decision]).inc();
         Ok(())

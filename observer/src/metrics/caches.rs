@@ -7,7 +7,7 @@ use prometheus::{IntCounterVec, IntGaugeVec, Registry};
 
 use super::{counter_vec, gauge_value, gauge_vec};
 use crate::{
-    events::{DecodeError, name, names, string},
+    events::{DecodeError, low_u32, name, names, string},
     spans::MAX_OPEN,
 };
 
@@ -73,7 +73,7 @@ impl Caches {
         ev: &ProbeEvent,
         label: impl Fn(usize) -> String,
     ) -> Result<(), DecodeError> {
-        let outcome = name(names::CACHE_OUTCOME, "classifier cache outcome", ev.value & u64::from(u32::MAX))?;
+        let outcome = name(names::CACHE_OUTCOME, "classifier cache outcome", low_u32(ev.value))?;
         let counter = if outcome == "hit" { &self.classifier_hits } else { &self.classifier_misses };
         counter.with_label_values(&[label(field::SERVER)]).inc();
         Ok(())

@@ -3,6 +3,7 @@
 
 mod access;
 mod caches;
+mod live;
 mod observer;
 mod pool;
 mod requests;

@@ -22,6 +22,11 @@ pub struct ObserverMetrics {
 }
 
 impl ObserverMetrics {
+    /// An end of kind `kind` whose start was not seen.
+    pub fn unmatched(&self, kind: u32) {
+        self.unmatched_ends.with_label_values(&[kind::NAMES[kind as usize]]).inc();
+    }
+
     pub fn new(registry: &Registry) -> Self {
         let int_counter =
             |name: &str, help: &str| register(registry, IntCounter::new(name, help).expect("valid metric"));

@@ -1,18 +1,17 @@
 //! The backend pool: configured and connected backends, connects and their duration,
 //! disconnects and connection lifetimes, idle-reaper passes and child spawns.
-//! Connected counts are kept from the paired events, so every scrape sees a consistent
-//! value (never a zero because a lock was busy, as in-process gauges read with try_lock).
 
 use std::{collections::HashMap, sync::Mutex};
 
 use observer_common::{ProbeEvent, field, kind};
-use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 
 use super::{
-    LIFETIME_BUCKETS, ObserverMetrics, counter_vec, gauge_value, gauge_vec, histogram_vec, register,
+    LIFETIME_BUCKETS, ObserverMetrics, counter_vec, gauge_value, gauge_vec, histogram_vec, live::Live,
+    register,
 };
 use crate::{
-    events::{DecodeError, name, names},
+    events::{DecodeError, low_u32, name, names},
     spans::Spans,
 };
 
@@ -22,39 +21,38 @@ const CONNECT_BUCKETS: &[f64] =
 
 pub struct Pool {
     configured: IntGauge,
-    connected: IntGaugeVec,
+    /// Backends configured, per proxy process: the gauge is their sum.
+    configured_by_process: Mutex<HashMap<u32, u64>>,
+    connecting: Mutex<Spans<()>>,
+    /// Connections open and their lifetimes, by server.
+    connections: Live,
     connects: IntCounterVec,
     connect_duration: HistogramVec,
     disconnects: IntCounterVec,
-    lifetime: HistogramVec,
     pub reaper_runs: IntCounter,
     pub child_spawns: IntCounterVec,
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    /// Backends configured, per proxy process.
-    configured: HashMap<u32, u64>,
-    connecting: Spans<()>,
-    /// Live connections, labelled with their server.
-    connections: Spans<String>,
 }
 
 impl Pool {
     pub fn new(registry: &Registry) -> Self {
+        let connected =
+            gauge_vec(registry, "mcp_proxy_backends_connected", "Backend connections open now", &["server"]);
+        let lifetime = histogram_vec(
+            registry,
+            "mcp_proxy_backend_connection_lifetime_seconds",
+            "How long a backend connection lived, between the kernel timestamps of connect and disconnect",
+            &["server"],
+            LIFETIME_BUCKETS,
+        );
         Self {
             configured: register(
                 registry,
                 IntGauge::new("mcp_proxy_backends_configured", "Backends in the proxies' configuration")
                     .expect("valid metric"),
             ),
-            connected: gauge_vec(
-                registry,
-                "mcp_proxy_backends_connected",
-                "Backend connections open now",
-                &["server"],
-            ),
+            configured_by_process: Mutex::default(),
+            connecting: Mutex::default(),
+            connections: Live::new(connected, lifetime, kind::BACKEND_DISCONNECT),
             connects: counter_vec(
                 registry,
                 "mcp_proxy_backend_connects_total",
@@ -74,13 +72,6 @@ impl Pool {
                 "Backend connections closed: idle_reaped, error or shutdown",
                 &["server", "reason"],
             ),
-            lifetime: histogram_vec(
-                registry,
-                "mcp_proxy_backend_connection_lifetime_seconds",
-                "How long a backend connection lived, between the kernel timestamps of connect and disconnect",
-                &["server"],
-                LIFETIME_BUCKETS,
-            ),
             reaper_runs: register(
                 registry,
                 IntCounter::new(
@@ -95,22 +86,21 @@ impl Pool {
                 "Child processes spawned for stdio backends, as the proxy reports them",
                 &["server"],
             ),
-            state: Mutex::default(),
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("pool state lock")
-    }
-
     pub fn configured(&self, ev: &ProbeEvent) {
-        let mut state = self.state();
-        state.configured.insert(ev.header.tgid, ev.value);
-        self.configured.set(gauge_value(state.configured.values().copied()));
+        let mut by_process = self.configured_by_process.lock().expect("configured lock");
+        by_process.insert(ev.header.tgid, ev.value);
+        self.configured.set(gauge_value(by_process.values().copied()));
     }
 
     pub fn connect_start(&self, ev: &ProbeEvent) {
-        self.state().connecting.open(ev.header.tgid, ev.id, (), ev.header.ts_ns);
+        self.connecting().open(ev.header.tgid, ev.id, (), ev.header.ts_ns);
+    }
+
+    fn connecting(&self) -> std::sync::MutexGuard<'_, Spans<()>> {
+        self.connecting.lock().expect("connecting lock")
     }
 
     pub fn connect_end(
@@ -119,18 +109,16 @@ impl Pool {
         label: impl Fn(usize) -> String,
         observer: &ObserverMetrics,
     ) -> Result<(), DecodeError> {
-        let connect_kind = name(names::CONNECT_KIND, "connect kind", ev.value & u64::from(u32::MAX))?;
+        let connect_kind = name(names::CONNECT_KIND, "connect kind", low_u32(ev.value))?;
         let result = name(names::CONNECT_RESULT, "connect result", ev.value >> 32)?;
         let server = label(field::SERVER);
-        let (tgid, ts) = (ev.header.tgid, ev.header.ts_ns);
-        let mut state = self.state();
-        match state.connecting.close(tgid, ev.id, ts) {
+        match self.connecting().close(ev.header.tgid, ev.id, ev.header.ts_ns) {
             Some(((), seconds)) => self.connect_duration.with_label_values(&[&server]).observe(seconds),
-            None => unmatched(observer, kind::BACKEND_CONNECT_END),
+            None => observer.unmatched(kind::BACKEND_CONNECT_END),
         }
         self.connects.with_label_values(&[server.as_str(), connect_kind, result]).inc();
-        if result == "ok" && state.connections.open(tgid, ev.id, server.clone(), ts) {
-            self.connected.with_label_values(&[&server]).inc();
+        if result == "ok" {
+            self.connections.open(ev, &server);
         }
         Ok(())
     }
@@ -141,30 +129,18 @@ impl Pool {
         label: impl Fn(usize) -> String,
         observer: &ObserverMetrics,
     ) -> Result<(), DecodeError> {
-        let reason = name(names::DISCONNECT_REASON, "disconnect reason", ev.value & u64::from(u32::MAX))?;
+        let reason = name(names::DISCONNECT_REASON, "disconnect reason", low_u32(ev.value))?;
         let server = label(field::SERVER);
-        match self.state().connections.close(ev.header.tgid, ev.id, ev.header.ts_ns) {
-            Some((connected, seconds)) => {
-                self.connected.with_label_values(&[&connected]).dec();
-                self.lifetime.with_label_values(&[&connected]).observe(seconds);
-            }
-            None => unmatched(observer, kind::BACKEND_DISCONNECT),
-        }
+        self.connections.close(ev, observer);
         self.disconnects.with_label_values(&[server.as_str(), reason]).inc();
         Ok(())
     }
 
     pub fn forget(&self, tgid: u32) {
-        let mut state = self.state();
-        state.connecting.forget(tgid);
-        for server in state.connections.forget(tgid) {
-            self.connected.with_label_values(&[&server]).dec();
-        }
-        state.configured.remove(&tgid);
-        self.configured.set(gauge_value(state.configured.values().copied()));
+        self.connecting().forget(tgid);
+        self.connections.forget(tgid);
+        let mut by_process = self.configured_by_process.lock().expect("configured lock");
+        by_process.remove(&tgid);
+        self.configured.set(gauge_value(by_process.values().copied()));
     }
-}
-
-pub fn unmatched(observer: &ObserverMetrics, kind: u32) {
-    observer.unmatched_ends.with_label_values(&[kind::NAMES[kind as usize]]).inc();
 }

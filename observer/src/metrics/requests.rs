@@ -102,7 +102,7 @@ impl Requests {
                 observer.late_request_ends.inc();
                 return Ok(());
             }
-            observer.unmatched_ends.with_label_values(&[kind::NAMES[kind::REQUEST_END as usize]]).inc();
+            observer.unmatched(kind::REQUEST_END);
         }
         let [method, transport, identity, server, tool] =
             [field::METHOD, field::TRANSPORT, field::IDENTITY, field::SERVER, field::TOOL].map(&label);

@@ -1,34 +1,32 @@
 //! Client sessions: active, opened, closed (by reason) and how long they lasted, from the
 //! kernel timestamps of the open and close probes.
 
-use std::sync::Mutex;
-
 use observer_common::{ProbeEvent, field, kind};
-use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Registry};
+use prometheus::{IntCounterVec, Registry};
 
-use super::{LIFETIME_BUCKETS, ObserverMetrics, counter_vec, gauge_vec, histogram_vec, pool::unmatched};
-use crate::{
-    events::{DecodeError, name, names},
-    spans::Spans,
-};
+use super::{LIFETIME_BUCKETS, ObserverMetrics, counter_vec, gauge_vec, histogram_vec, live::Live};
+use crate::events::{DecodeError, low_u32, name, names};
 
 pub struct Sessions {
-    active: IntGaugeVec,
+    /// Active sessions and their durations, by transport.
+    live: Live,
     opened: IntCounterVec,
     closed: IntCounterVec,
-    duration: HistogramVec,
-    open: Mutex<Spans<String>>,
 }
 
 impl Sessions {
     pub fn new(registry: &Registry) -> Self {
+        let active =
+            gauge_vec(registry, "mcp_proxy_sessions_active", "Client sessions open now", &["transport"]);
+        let duration = histogram_vec(
+            registry,
+            "mcp_proxy_session_duration_seconds",
+            "How long a client session lasted, between the kernel timestamps of open and close",
+            &["transport"],
+            LIFETIME_BUCKETS,
+        );
         Self {
-            active: gauge_vec(
-                registry,
-                "mcp_proxy_sessions_active",
-                "Client sessions open now",
-                &["transport"],
-            ),
+            live: Live::new(active, duration, kind::SESSION_CLOSE),
             opened: counter_vec(
                 registry,
                 "mcp_proxy_sessions_opened_total",
@@ -41,28 +39,12 @@ impl Sessions {
                 "Client sessions closed: client_closed, expired, shutdown or error",
                 &["transport", "reason"],
             ),
-            duration: histogram_vec(
-                registry,
-                "mcp_proxy_session_duration_seconds",
-                "How long a client session lasted, between the kernel timestamps of open and close",
-                &["transport"],
-                LIFETIME_BUCKETS,
-            ),
-            open: Mutex::default(),
         }
     }
 
     pub fn open(&self, ev: &ProbeEvent, transport: String) {
         self.opened.with_label_values(&[&transport]).inc();
-        let tracked = self.open.lock().expect("sessions lock").open(
-            ev.header.tgid,
-            ev.id,
-            transport.clone(),
-            ev.header.ts_ns,
-        );
-        if tracked {
-            self.active.with_label_values(&[&transport]).inc();
-        }
+        self.live.open(ev, &transport);
     }
 
     pub fn close(
@@ -71,23 +53,14 @@ impl Sessions {
         label: impl Fn(usize) -> String,
         observer: &ObserverMetrics,
     ) -> Result<(), DecodeError> {
-        let reason =
-            name(names::SESSION_CLOSE_REASON, "session close reason", ev.value & u64::from(u32::MAX))?;
+        let reason = name(names::SESSION_CLOSE_REASON, "session close reason", low_u32(ev.value))?;
         let transport = label(field::TRANSPORT);
-        match self.open.lock().expect("sessions lock").close(ev.header.tgid, ev.id, ev.header.ts_ns) {
-            Some((opened_on, seconds)) => {
-                self.active.with_label_values(&[&opened_on]).dec();
-                self.duration.with_label_values(&[&opened_on]).observe(seconds);
-            }
-            None => unmatched(observer, kind::SESSION_CLOSE),
-        }
+        self.live.close(ev, observer);
         self.closed.with_label_values(&[transport.as_str(), reason]).inc();
         Ok(())
     }
 
     pub fn forget(&self, tgid: u32) {
-        for transport in self.open.lock().expect("sessions lock").forget(tgid) {
-            self.active.with_label_values(&[&transport]).dec();
-        }
+        self.live.forget(tgid);
     }
 }

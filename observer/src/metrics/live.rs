@@ -1,0 +1,55 @@
+//! Things open now (backend connections, client sessions), paired by (process, id): a
+//! gauge of how many are open per label, and a histogram of how long each one lasted.
+//! Kept from the paired events, so every scrape sees a consistent value, never a zero
+//! because a lock was busy, as in-process gauges read with try_lock.
+
+use std::sync::Mutex;
+
+use observer_common::ProbeEvent;
+use prometheus::{HistogramVec, IntGaugeVec};
+
+use super::ObserverMetrics;
+use crate::spans::Spans;
+
+pub struct Live {
+    open: Mutex<Spans<String>>,
+    count: IntGaugeVec,
+    duration: HistogramVec,
+    /// The event kind that closes: a close without its open is counted under it.
+    close_kind: u32,
+}
+
+impl Live {
+    pub fn new(count: IntGaugeVec, duration: HistogramVec, close_kind: u32) -> Self {
+        Self { open: Mutex::default(), count, duration, close_kind }
+    }
+
+    fn spans(&self) -> std::sync::MutexGuard<'_, Spans<String>> {
+        self.open.lock().expect("open spans lock")
+    }
+
+    /// The event's id opened, under `label`.
+    pub fn open(&self, ev: &ProbeEvent, label: &str) {
+        if self.spans().open(ev.header.tgid, ev.id, label.to_string(), ev.header.ts_ns) {
+            self.count.with_label_values(&[label]).inc();
+        }
+    }
+
+    /// The event's id closed: its duration goes under the label it opened with.
+    pub fn close(&self, ev: &ProbeEvent, observer: &ObserverMetrics) {
+        match self.spans().close(ev.header.tgid, ev.id, ev.header.ts_ns) {
+            Some((label, seconds)) => {
+                self.count.with_label_values(&[&label]).dec();
+                self.duration.with_label_values(&[&label]).observe(seconds);
+            }
+            None => observer.unmatched(self.close_kind),
+        }
+    }
+
+    /// Process `tgid` exited: what it held open is gone with it.
+    pub fn forget(&self, tgid: u32) {
+        for label in self.spans().forget(tgid) {
+            self.count.with_label_values(&[&label]).dec();
+        }
+    }
+}
