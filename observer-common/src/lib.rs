@@ -1,9 +1,9 @@
 //! Types shared by the kernel side (`observer-ebpf`) and the agent (`observer`).
 //!
-//! Every probe sends one [`ProbeEvent`] through the ring buffer: a common header, the
-//! probe's id and scalar argument, and up to five bounded strings, each in the slot of
-//! the label it becomes. The agent dispatches on [`EventHeader::kind`] alone. All types
-//! are `#[repr(C)]` without implicit padding.
+//! Every probe and kernel hook sends one [`ProbeEvent`] through the ring buffer: a common
+//! header, an id and a scalar, and up to five bounded strings, each in the slot of the
+//! label it becomes. The agent dispatches on [`EventHeader::kind`] alone. All types are
+//! `#[repr(C)]` without implicit padding.
 #![no_std]
 
 /// Name of the ring buffer map in the eBPF object.
@@ -14,6 +14,14 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const IN_FLIGHT_MAP: &str = "IN_FLIGHT";
 /// Global set by the agent: submit with a forced wakeup once this many bytes wait.
 pub const WAKEUP_THRESHOLD_GLOBAL: &str = "WAKEUP_THRESHOLD";
+/// Global set by the agent: the tracepoint field offsets ([`Layout`]).
+pub const LAYOUT_GLOBAL: &str = "LAYOUT";
+/// The targets' process trees (key tgid, value [`Tracked`]).
+pub const TRACKED_MAP: &str = "TRACKED";
+/// What the targets listen on (key [`listening_key`], value [`Listener`]).
+pub const LISTENING_MAP: &str = "LISTENING";
+/// The targets' TCP sockets (key the socket's kernel address, value [`TrackedSocket`]).
+pub const SOCKETS_MAP: &str = "SOCKETS";
 
 /// Event kinds: the values of [`EventHeader::kind`], one per probe that sends events
 /// (`request_start` only records a start time in the kernel).
@@ -31,8 +39,17 @@ pub mod kind {
     pub const TOOL_CACHE_SIZE: u32 = 11;
     pub const CLASSIFIER_CACHE: u32 = 12;
     pub const CHILD_SPAWN: u32 = 13;
+    // Kernel hooks: `tgid` is the target's, `id` the socket address or the child's pid.
+    pub const TCP_OPEN: u32 = 14;
+    pub const TCP_CLOSE: u32 = 15;
+    pub const TCP_RESET: u32 = 16;
+    pub const TCP_TIMEOUT: u32 = 17;
+    pub const TCP_RETRANSMIT: u32 = 18;
+    pub const CHILD_FORK: u32 = 19;
+    pub const CHILD_EXEC: u32 = 20;
+    pub const CHILD_EXIT: u32 = 21;
     /// One past the last kind.
-    pub const END: u32 = 14;
+    pub const END: u32 = 22;
 
     /// The `kind` label of each event kind, indexed by kind (0 is unused).
     pub const NAMES: [&str; END as usize] = [
@@ -50,6 +67,14 @@ pub mod kind {
         "tool_cache_size",
         "classifier_cache",
         "child_spawn",
+        "tcp_open",
+        "tcp_close",
+        "tcp_reset",
+        "tcp_timeout",
+        "tcp_retransmit",
+        "child_fork",
+        "child_exec",
+        "child_exit",
     ];
 }
 
@@ -66,8 +91,12 @@ pub mod counter {
     /// A request start reused the id of a request still in flight (a proxy bug); the
     /// first start is kept.
     pub const DUPLICATE_START: u32 = 4;
+    /// A new process of a target's tree could not be tracked: `TRACKED` was full.
+    pub const TRACKED_FULL: u32 = 5;
+    /// A target's connection could not be tracked: the socket map was full.
+    pub const SOCKETS_FULL: u32 = 6;
     /// Events of kind `k` that found the ring buffer full are counted at `LOST_BASE + k`.
-    pub const LOST_BASE: u32 = 5;
+    pub const LOST_BASE: u32 = 7;
     /// Number of counters.
     pub const COUNT: u32 = LOST_BASE + super::kind::END;
 }
@@ -150,6 +179,124 @@ const _: () = assert!(
         == 56 + METHOD_CAP + TRANSPORT_CAP + IDENTITY_CAP + SERVER_CAP + TOOL_CAP
 );
 
+/// TCP events' `value`: the connection's direction in the low 32 bits (a
+/// `TCP_TIMEOUT` carries the timer that fired in the high 32 bits).
+pub mod direction {
+    /// Accepted on a port a target listens on.
+    pub const INBOUND: u64 = 0;
+    /// Connected by a process of a target's tree.
+    pub const OUTBOUND: u64 = 1;
+}
+
+/// `TCP_TIMEOUT`: which timer gave up, in the high 32 bits of `value`.
+pub mod timeout {
+    pub const KEEPALIVE: u64 = 0;
+    pub const RETRANSMISSION: u64 = 1;
+}
+
+/// `CHILD_EXIT`'s `value`: set when the child called `exit_group`, whose status is then
+/// in the low 8 bits; clear when a signal ended it.
+pub const EXIT_STATUS_KNOWN: u64 = 1 << 32;
+/// `CHILD_EXIT`'s `value`: the kernel has no syscall tracepoints, so how the child ended
+/// cannot be told.
+pub const EXIT_STATUS_UNKNOWN: u64 = 1 << 33;
+
+/// A process of a target's tree.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tracked {
+    /// The target's tgid.
+    pub root: u32,
+    /// The target's direct child this process descends from (itself for a direct child);
+    /// 0 for the target itself.
+    pub child: u32,
+    /// `exit_group`'s status, once [`TRACKED_EXITING`] is set.
+    pub exit_status: u32,
+    /// `TRACKED_*` bits.
+    pub flags: u32,
+}
+/// [`Tracked::flags`]: the process called `exit_group`.
+pub const TRACKED_EXITING: u32 = 1;
+
+/// A listening socket of a target.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listener {
+    /// The target's tgid.
+    pub target: u32,
+    /// The process of its tree that listens.
+    pub owner: u32,
+    /// The socket's kernel address; 0 for a listener found in /proc at attach.
+    pub skaddr: u64,
+}
+
+/// The key of a listening port: an accepted socket has its listener's family (IPv4
+/// connections to a dual-stack IPv6 listener included) and port.
+pub const fn listening_key(family: u16, port: u16) -> u32 {
+    (family as u32) << 16 | port as u32
+}
+
+/// A TCP socket of a target, from connect (or accept) to close.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrackedSocket {
+    /// The target's tgid.
+    pub target: u32,
+    /// `direction::*` as u32.
+    pub direction: u32,
+    /// Handshake done: its open was sent, so its close will be.
+    pub established: u32,
+    /// The keepalive timer gave up on it (its abort's ETIMEDOUT is then not a
+    /// retransmission timeout).
+    pub keepalive_timeout: u32,
+}
+
+/// Marks a field the running kernel's tracepoint lacks.
+pub const ABSENT: u32 = u32::MAX;
+
+/// Where each field the kernel hooks read sits in its tracepoint's record (a byte offset),
+/// read by the agent from tracefs `format` files at start-up: Rust eBPF has no CO-RE.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// `sock:inet_sock_set_state`.
+    pub state_skaddr: u32,
+    pub state_oldstate: u32,
+    pub state_newstate: u32,
+    pub state_sport: u32,
+    pub state_dport: u32,
+    pub state_family: u32,
+    pub state_protocol: u32,
+    /// `sock:inet_sk_error_report`.
+    pub error_error: u32,
+    pub error_sport: u32,
+    pub error_dport: u32,
+    pub error_protocol: u32,
+    /// `tcp:tcp_send_reset`; `reason` is [`ABSENT`] before Linux 6.10.
+    pub send_reset_skaddr: u32,
+    pub send_reset_reason: u32,
+    /// The value of `SK_RST_REASON_TCP_KEEPALIVE_TIMEOUT`, from the format's print
+    /// table; [`ABSENT`] when the kernel does not name it.
+    pub keepalive_timeout_reason: u32,
+    /// `tcp:tcp_receive_reset`.
+    pub receive_reset_skaddr: u32,
+    /// `tcp:tcp_retransmit_skb`; `err` is [`ABSENT`] before Linux 6.17, which also
+    /// traces failed attempts.
+    pub retransmit_skaddr: u32,
+    pub retransmit_err: u32,
+    /// `task:task_newtask`.
+    pub newtask_pid: u32,
+    pub newtask_comm: u32,
+    pub newtask_clone_flags: u32,
+    /// `sched:sched_process_exec`: the `__data_loc` of the file name.
+    pub exec_filename: u32,
+    /// `sched:sched_process_exit`; [`ABSENT`] before Linux 6.16, where the exit of the
+    /// thread-group leader stands for the process's.
+    pub process_exit_group_dead: u32,
+    /// `syscalls:sys_enter_exit_group`; [`ABSENT`] without syscall tracepoints.
+    pub exit_group_error_code: u32,
+}
+
 /// Key of the in-flight map: requests are identified per process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -219,4 +366,12 @@ pub mod abi {
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers without padding; every bit pattern is valid.
     unsafe impl aya::Pod for crate::InFlightKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::Tracked {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::Layout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::TrackedSocket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::Listener {}
 }

@@ -1,7 +1,10 @@
 //! Building and sending a [`ProbeEvent`]: every probe goes through [`send`], so every
 //! event is counted lost when the ring buffer is full, and every string is bounded.
 
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user};
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid,
+    generated::{bpf_probe_read_kernel, bpf_probe_read_user},
+};
 use core::ptr::addr_of_mut;
 use observer_common::{
     CAPS, EventHeader, FLAG_TRUNCATED_SHIFT, FLAG_UNREADABLE_SHIFT, ProbeEvent, abi, counter, field,
@@ -13,10 +16,24 @@ pub fn tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-/// Reserves an event, fills the header, `id` and `value` and leaves every string empty;
-/// `fill` then writes strings (with [`read_str`]) and the duration and returns the flags.
+/// Reserves an event for the current process, fills the header, `id` and `value` and
+/// leaves every string empty; `fill` then writes strings (with [`read_str`]) and the
+/// duration and returns the flags.
 #[inline(always)]
 pub fn send(kind: u32, now: u64, id: u64, value: u64, fill: impl FnOnce(*mut ProbeEvent) -> u32) {
+    send_for(tgid(), kind, now, id, value, fill);
+}
+
+/// [`send`] on behalf of target `target`: kernel hooks run in any process's context.
+#[inline(always)]
+pub fn send_for(
+    target: u32,
+    kind: u32,
+    now: u64,
+    id: u64,
+    value: u64,
+    fill: impl FnOnce(*mut ProbeEvent) -> u32,
+) {
     let Some(mut entry) = EVENTS.reserve::<ProbeEvent>(0) else {
         // The event is lost, and counted so that received + lost = sent.
         count(counter::LOST_BASE + kind);
@@ -26,7 +43,7 @@ pub fn send(kind: u32, now: u64, id: u64, value: u64, fill: impl FnOnce(*mut Pro
     // SAFETY: `ev` points to a reservation of the right size; every field is written
     // through raw pointers before submit (strings only up to their lengths).
     unsafe {
-        (*ev).header = EventHeader { kind, tgid: tgid(), ts_ns: now };
+        (*ev).header = EventHeader { kind, tgid: target, ts_ns: now };
         (*ev).id = id;
         (*ev).duration_ns = 0;
         (*ev).value = value;
@@ -73,4 +90,28 @@ pub unsafe fn read_str<const FIELD: usize>(src: &abi::Str, ev: *mut ProbeEvent, 
         *flags |= 1 << (FLAG_UNREADABLE_SHIFT + FIELD as u32);
         count(counter::BAD_USER_POINTER);
     }
+}
+
+/// Copies `len` bytes of kernel memory at `src` into the `server` slot of `ev` (kernel
+/// hooks name a child process there), cut at the slot's capacity.
+///
+/// # Safety
+/// `ev` must point to a reserved event.
+#[inline(always)]
+pub unsafe fn read_kernel_name(src: *const u8, len: usize, ev: *mut ProbeEvent) -> u32 {
+    let cap = CAPS[field::SERVER];
+    let (len, flags) =
+        if len > cap { (cap, 1 << (FLAG_TRUNCATED_SHIFT + field::SERVER as u32)) } else { (len, 0) };
+    let len = len & (2 * cap - 1);
+    if len == 0 || len > cap {
+        return flags;
+    }
+    // SAFETY: the slot has `cap` ≥ `len` bytes; the helper fails cleanly on a bad address.
+    unsafe {
+        let dst = addr_of_mut!((*ev).server).cast::<u8>();
+        if bpf_probe_read_kernel(dst.cast(), len as u32, src.cast()) == 0 {
+            (*ev).lens[field::SERVER] = len as u16;
+        }
+    }
+    flags
 }

@@ -6,6 +6,7 @@
 #![allow(internal_features)]
 
 mod event;
+mod hooks;
 mod maps;
 mod probes;
 

@@ -18,7 +18,7 @@ pub enum ObserveError {
     #[error("{} is not a valid ELF executable ({reason}); is pid {pid} a native proxy binary?", path.display())]
     BadElf { pid: u32, path: PathBuf, reason: String },
 
-    #[error("{} (pid {pid}) has no MCP probes (no .note.mcp_probes section, no mcp_probe_* symbols): link the mcp-probes crate into the proxy and call its probes, see docs/probe-abi.md", path.display())]
+    #[error("{} (pid {pid}) has no MCP probes (no .note.mcp_probes section, no mcp_probe_* symbols): add --kernel-only to watch only its TCP connections and child processes, or link the mcp-probes crate into the proxy (docs/probe-abi.md)", path.display())]
     NoProbes { pid: u32, path: PathBuf },
 
     #[error("{} (pid {pid}) uses probe ABI v{found}, this mcp-observe understands v{}: upgrade mcp-observe", path.display(), mcp_abi::VERSION)]
@@ -34,6 +34,25 @@ pub enum ObserveError {
 
     #[error("this kernel has no uprobe support ({} is absent): use a kernel built with CONFIG_UPROBE_EVENTS=y", path.display())]
     NoUprobes { path: PathBuf },
+
+    #[error("tracefs is absent (not mounted at {} or /sys/kernel/debug/tracing) and mounting it failed: {source}; mount it (`mount -t tracefs tracefs /sys/kernel/tracing`) or grant mcp-observe CAP_SYS_ADMIN", path.display())]
+    TracefsAbsent { path: PathBuf, source: io::Error },
+
+    #[error(
+        "cannot read the format of tracepoint {event}: {source}; this kernel lacks it, or tracefs is not readable (run as root)"
+    )]
+    Tracepoint { event: String, source: io::Error },
+
+    #[error(
+        "tracepoint {event} has no {expected}-byte field `{field}` (found: {found:?} bytes): this kernel's tracepoint differs from what mcp-observe reads; please report it with `uname -r`"
+    )]
+    TracepointField { event: String, field: &'static str, expected: u32, found: Option<u32> },
+
+    #[error("attaching the kernel hook on tracepoint {category}:{name} failed: {source}")]
+    HookAttach { category: &'static str, name: &'static str, source: Box<aya::programs::ProgramError> },
+
+    #[error("cannot track pid {pid}'s process tree in the kernel: {source}")]
+    Track { pid: u32, source: Box<aya::maps::MapError> },
 
     #[error(
         "loading the eBPF programs failed: {0}; run `mcp-observe --check` to see which kernel feature is missing"

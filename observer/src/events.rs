@@ -23,6 +23,9 @@ pub mod names {
     pub const DISCONNECT_REASON: &[&str] = &["idle_reaped", "error", "shutdown"];
     pub const SESSION_CLOSE_REASON: &[&str] = &["client_closed", "expired", "shutdown", "error"];
     pub const CACHE_OUTCOME: &[&str] = &["hit", "miss"];
+    // Kernel hooks (observer_common::direction, observer_common::timeout).
+    pub const DIRECTION: &[&str] = &["inbound", "outbound"];
+    pub const TIMEOUT: &[&str] = &["keepalive", "retransmission"];
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -104,12 +107,14 @@ pub async fn drain_forever(
 }
 
 fn drain(ring: &mut RingBuf<MapData>, metrics: &Metrics) {
+    let start = crate::maps::monotonic_ns();
     while let Some(item) = ring.next() {
         match decode(&item) {
             Ok(event) => metrics.record(&event),
             Err(error) => metrics.decode_error(&error),
         }
     }
+    metrics.drained(start);
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ impl AppState {
                 state.metrics.forget_process(pid);
             }
             kernel.refresh(&state.metrics);
+            state.metrics.tick();
         });
         if let Err(error) = refreshed.await {
             log::error!("refreshing the kernel maps failed: {error}");

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use crate::error::ObserveError;
 
 const UPROBE_PMU: &str = "/sys/bus/event_source/devices/uprobe/type";
-const TRACEFS_MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
 // Capability numbers from linux/capability.h.
 const CAP_SYS_ADMIN: u32 = 21;
@@ -28,13 +27,13 @@ pub fn features() -> Features {
     Features {
         release,
         uprobes: Path::new(UPROBE_PMU).exists(),
-        tracefs: TRACEFS_MOUNTS.iter().map(PathBuf::from).find(|p| p.join("events").is_dir()),
+        tracefs: crate::tracefs::find(),
         kprobes: Path::new("/sys/bus/event_source/devices/kprobe/type").exists(),
     }
 }
 
-/// Fails with the first missing capability or kernel feature that attaching uprobes needs.
-pub fn require_uprobe_support() -> Result<(), ObserveError> {
+/// Fails with the first missing capability that loading and attaching programs needs.
+pub fn require_capabilities() -> Result<(), ObserveError> {
     let caps = effective_capabilities();
     let has = |cap: u32| caps & (1u64 << cap) != 0;
     if !has(CAP_SYS_ADMIN) {
@@ -45,6 +44,11 @@ pub fn require_uprobe_support() -> Result<(), ObserveError> {
             return Err(ObserveError::MissingCapability { cap: "CAP_PERFMON" });
         }
     }
+    Ok(())
+}
+
+/// Fails when the kernel cannot attach uprobes.
+pub fn require_uprobes() -> Result<(), ObserveError> {
     if !Path::new(UPROBE_PMU).exists() {
         return Err(ObserveError::NoUprobes { path: UPROBE_PMU.into() });
     }

@@ -1,22 +1,37 @@
-//! Loads the embedded eBPF object and attaches its uprobes to the target processes.
+//! Loads the embedded eBPF object, attaches its uprobes to the target processes and its
+//! kernel hooks to their tracepoints, and registers each target's process tree.
 
-use std::{num::NonZeroU32, path::PathBuf};
+use std::{
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        UProbe,
+        TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
-use observer_common::{COUNTERS_MAP, EVENTS_MAP, IN_FLIGHT_MAP, WAKEUP_THRESHOLD_GLOBAL};
+use observer_common::{
+    COUNTERS_MAP, EVENTS_MAP, IN_FLIGHT_MAP, LAYOUT_GLOBAL, LISTENING_MAP, Layout, Listener, SOCKETS_MAP,
+    TRACKED_MAP, Tracked, WAKEUP_THRESHOLD_GLOBAL, listening_key,
+};
 
 use crate::{
     error::ObserveError,
     maps::KernelMaps,
     probes::{CATALOGUE, ProbeTable},
+    tracefs::{self, HOOKS, Hook},
+    tree::{self, Snapshot},
 };
+
+/// Passes over /proc when a target is tracked, at most (see `Loaded::track`).
+const SNAPSHOT_PASSES: usize = 4;
+
+/// `bpf_map_update_elem` flag: only add, never overwrite.
+const BPF_NOEXIST: u64 = 1;
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
@@ -59,10 +74,12 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    pub fn load(ring: RingConfig) -> Result<Self, ObserveError> {
+    /// Loads every program; the kernel hooks read their tracepoints' fields at `layout`.
+    pub fn load(ring: RingConfig, layout: &Layout) -> Result<Self, ObserveError> {
         let threshold = ring.wakeup_threshold();
         let mut ebpf = EbpfLoader::new()
             .override_global(WAKEUP_THRESHOLD_GLOBAL, &threshold, true)
+            .override_global(LAYOUT_GLOBAL, layout, true)
             .map_max_entries(EVENTS_MAP, ring.bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| ObserveError::Load(Box::new(e)))?;
@@ -74,7 +91,101 @@ impl Loaded {
                 .expect("program is a uprobe");
             uprobe.load().map_err(|e| ObserveError::Load(Box::new(e.into())))?;
         }
+        for hook in HOOKS {
+            let program = hook.program;
+            let hook: &mut TracePoint = ebpf
+                .program_mut(program)
+                .unwrap_or_else(|| panic!("eBPF object lacks program {program}"))
+                .try_into()
+                .expect("program is a tracepoint");
+            hook.load().map_err(|e| ObserveError::Load(Box::new(e.into())))?;
+        }
         Ok(Self { ebpf })
+    }
+
+    /// Attaches every kernel hook this kernel has tracepoints for (an optional one may be
+    /// missing) and returns them. They act on tracked processes only, so they count
+    /// nothing until [`Self::track`] registers a target. The process tree's hooks come
+    /// first: a child forked while the others attach is already tracked.
+    pub fn attach_hooks(&mut self, tracefs: &Path) -> Result<Vec<&'static Hook>, ObserveError> {
+        let mut attached = Vec::new();
+        for hook in HOOKS {
+            if hook.without.is_some() && !tracefs::exists(tracefs, hook) {
+                continue;
+            }
+            let program: &mut TracePoint =
+                self.ebpf.program_mut(hook.program).expect("loaded above").try_into().expect("a tracepoint");
+            program.attach(hook.category, hook.name).map_err(|source| ObserveError::HookAttach {
+                category: hook.category,
+                name: hook.name,
+                source: Box::new(source),
+            })?;
+            attached.push(hook);
+        }
+        Ok(attached)
+    }
+
+    /// Registers target `pid` in the kernel, then what its tree already held as /proc
+    /// shows it after the registration, so that nothing falls between: the descendants
+    /// the fork hook has not added meanwhile, and the listening sockets. Returns what it
+    /// added (the children among them are running now, unknown to the hooks).
+    pub fn track(&mut self, pid: u32) -> Result<Snapshot, ObserveError> {
+        let failed = |source: MapError| ObserveError::Track { pid, source: Box::new(source) };
+        let root = Tracked { root: pid, child: 0, exit_status: 0, flags: 0 };
+        self.tracked().insert(pid, root, 0).map_err(failed)?;
+        let mut added = Snapshot::default();
+        // Again until a pass adds nothing: a descendant may fork before it is added.
+        for _ in 0..SNAPSHOT_PASSES {
+            let snapshot = tree::snapshot(pid);
+            let mut tracked = self.tracked();
+            let before = added.descendants.len();
+            for &(descendant, child) in &snapshot.descendants {
+                if added.descendants.iter().any(|&(d, _)| d == descendant) {
+                    continue;
+                }
+                match tracked.insert(
+                    descendant,
+                    Tracked { root: pid, child, exit_status: 0, flags: 0 },
+                    BPF_NOEXIST,
+                ) {
+                    Ok(()) if tree::is_alive(descendant) => {
+                        added.descendants.push((descendant, child));
+                        added
+                            .children
+                            .extend(snapshot.children.iter().filter(|(c, _)| *c == descendant).cloned());
+                    }
+                    // Exited before it was added (its exit hook found nothing to remove):
+                    // the entry must go, or an unrelated process reusing the pid would count.
+                    Ok(()) => {
+                        let _ = tracked.remove(&descendant);
+                    }
+                    // Added by the fork hook since `track`: its events tell the rest.
+                    Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(error) => log::warn!("pid {pid}: descendant {descendant} not tracked: {error}"),
+                }
+            }
+            added.listeners = snapshot.listeners;
+            if added.descendants.len() == before {
+                break;
+            }
+        }
+        let map = self.ebpf.map_mut(LISTENING_MAP).expect("eBPF object has the listening map");
+        let mut listening: HashMap<_, u32, Listener> = HashMap::try_from(map).map_err(failed)?;
+        for l in &added.listeners {
+            let listener = Listener { target: pid, owner: l.owner, skaddr: 0 };
+            // Never over one the listen hook added since `track`.
+            match listening.insert(listening_key(l.family, l.port), listener, BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(error) => return Err(failed(error)),
+            }
+        }
+        Ok(added)
+    }
+
+    fn tracked(&mut self) -> HashMap<&mut MapData, u32, Tracked> {
+        let map = self.ebpf.map_mut(TRACKED_MAP).expect("eBPF object has the process tree map");
+        HashMap::try_from(map).expect("the process tree map is a hash map of u32 to Tracked")
     }
 
     /// Attaches every catalogued probe that `table` has, for process `pid` only.
@@ -119,9 +230,21 @@ impl Loaded {
         let counters = self.ebpf.take_map(COUNTERS_MAP).expect("eBPF object has the counters");
         let counters = PerCpuArray::try_from(counters)
             .map_err(|e| ObserveError::Map { name: COUNTERS_MAP, source: Box::new(e) })?;
-        let in_flight = self.ebpf.take_map(IN_FLIGHT_MAP).expect("eBPF object has the in-flight map");
-        let in_flight = HashMap::try_from(in_flight)
-            .map_err(|e| ObserveError::Map { name: IN_FLIGHT_MAP, source: Box::new(e) })?;
-        Ok(KernelMaps { counters, in_flight, request_expiry })
+        Ok(KernelMaps {
+            counters,
+            in_flight: self.take_hash_map(IN_FLIGHT_MAP)?,
+            request_expiry,
+            tracked: self.take_hash_map(TRACKED_MAP)?,
+            listening: self.take_hash_map(LISTENING_MAP)?,
+            sockets: self.take_hash_map(SOCKETS_MAP)?,
+        })
+    }
+
+    fn take_hash_map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<MapData, K, V>, ObserveError> {
+        let map = self.ebpf.take_map(name).unwrap_or_else(|| panic!("eBPF object lacks map {name}"));
+        HashMap::try_from(map).map_err(|e| ObserveError::Map { name, source: Box::new(e) })
     }
 }

@@ -1,5 +1,6 @@
 //! `mcp-observe`: Prometheus metrics for an MCP proxy, from eBPF uprobes on the probe
-//! functions it calls. The proxy carries no exporter code.
+//! functions it calls and from tracepoints on its TCP connections and child processes.
+//! The proxy carries no exporter code.
 
 mod error;
 mod events;
@@ -11,6 +12,8 @@ mod maps;
 mod metrics;
 mod probes;
 mod spans;
+mod tracefs;
+mod tree;
 
 use std::{
     net::SocketAddr,
@@ -29,6 +32,7 @@ use crate::{
     loader::{Attached, Loaded, RingConfig},
     metrics::Metrics,
     probes::ProbeTable,
+    tree::Snapshot,
 };
 
 /// Observe a probe-enabled MCP proxy from the outside and serve Prometheus metrics.
@@ -44,6 +48,10 @@ struct Cli {
     /// Attach, print what was found and attached, and exit (0 = every probe attached).
     #[arg(long)]
     check: bool,
+    /// Attach no uprobes, only the kernel hooks: TCP and child-process metrics, for a
+    /// proxy built without the probes.
+    #[arg(long)]
+    kernel_only: bool,
     /// Ring-buffer size in bytes (a power of two, at least 4096).
     #[arg(long, default_value_t = 256 * 1024, value_name = "BYTES")]
     ring_buffer_bytes: u32,
@@ -129,66 +137,142 @@ fn unique_pids(pids: &[u32]) -> Vec<u32> {
 /// The loaded programs and what they were attached to.
 struct Attachment {
     loaded: Loaded,
-    tables: Vec<(u32, ProbeTable)>,
+    /// Each target, with its probe table unless `--kernel-only`.
+    targets: Vec<(u32, Option<ProbeTable>)>,
     attached: Vec<Attached>,
+    hooks: Vec<&'static tracefs::Hook>,
+    /// What each target's tree already held when it was tracked.
+    snapshots: Vec<(u32, Snapshot)>,
+    layout: observer_common::Layout,
 }
 
-/// Finds the probes of every target and attaches them.
+/// Finds the probes of every target, attaches the kernel hooks, tracks the targets and
+/// attaches their probes.
 fn attach_all(cli: &Cli) -> Result<Attachment, ObserveError> {
     let ring = RingConfig { bytes: cli.ring_buffer_bytes }.validate()?;
-    let tables = unique_pids(&cli.pids)
+    let targets = unique_pids(&cli.pids)
         .into_iter()
-        .map(|pid| probes::for_pid(pid).map(|table| (pid, table)))
+        .map(|pid| match cli.kernel_only {
+            false => probes::for_pid(pid).map(|table| (pid, Some(table))),
+            true if tree::is_alive(pid) => Ok((pid, None)),
+            true => Err(ObserveError::NoSuchProcess { pid }),
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    kernel::require_uprobe_support()?;
-    let mut loaded = Loaded::load(ring)?;
-    let mut attached = Vec::new();
-    for (pid, table) in &tables {
-        attached.extend(loaded.attach(*pid, table)?);
+    kernel::require_capabilities()?;
+    if !cli.kernel_only {
+        kernel::require_uprobes()?;
     }
-    Ok(Attachment { loaded, tables, attached })
+    let tracefs = tracefs::ensure()?;
+    let layout = tracefs::layout(&tracefs)?;
+    let mut loaded = Loaded::load(ring, &layout)?;
+    let hooks = loaded.attach_hooks(&tracefs)?;
+    let (mut attached, mut snapshots) = (Vec::new(), Vec::new());
+    for (pid, table) in &targets {
+        snapshots.push((*pid, loaded.track(*pid)?));
+        if let Some(table) = table {
+            attached.extend(loaded.attach(*pid, table)?);
+        }
+    }
+    Ok(Attachment { loaded, targets, attached, hooks, snapshots, layout })
 }
 
 fn check(cli: &Cli) -> Result<(), ObserveError> {
-    let Attachment { loaded: _loaded, tables, attached } = attach_all(cli)?;
+    let Attachment { loaded: _loaded, targets, attached, hooks, snapshots, layout } = attach_all(cli)?;
     let features = kernel::features();
     println!(
-        "kernel {}: uprobes {}, kprobes {}, tracefs {}",
+        "kernel {}: uprobes {}, tracefs {}, kprobes {} (not used: the kernel hooks are tracepoints)",
         features.release,
         yes_no(features.uprobes),
+        features.tracefs.as_deref().map_or("absent".to_string(), |p| format!("at {}", p.display())),
         yes_no(features.kprobes),
-        features.tracefs.as_deref().map_or("absent".to_string(), |p| format!("at {}", p.display()))
     );
-    for (pid, table) in &tables {
-        println!(
-            "pid {pid}: {} (probe ABI v{}, from the {})",
-            table.path.display(),
-            table.abi_version,
-            table.source
-        );
-        for (probe, _) in probes::CATALOGUE.iter().filter(|(probe, _)| table.site(probe).is_none()) {
-            println!("  mcp_probe_{probe:<22} absent from this binary: its metrics stay empty");
+    print_hooks(&hooks, &layout);
+    for (pid, table) in &targets {
+        match table {
+            Some(table) => print_probes(*pid, table, &attached),
+            None => print_kernel_only(*pid),
         }
-        for site in &table.sites {
-            let state = if attached.iter().any(|a| a.pid == *pid && a.probe == site.name) {
-                "attached"
-            } else {
-                "not in this observer's catalogue, ignored"
-            };
+        if let Some((_, snapshot)) = snapshots.iter().find(|(p, _)| p == pid) {
+            let children: Vec<String> =
+                snapshot.children.iter().map(|(p, name)| format!("{name} ({p})")).collect();
+            let mut ports: Vec<u16> = snapshot.listeners.iter().map(|l| l.port).collect();
+            ports.dedup();
             println!(
-                "  mcp_probe_{:<22} address {:#x}  file offset {:#x}  {state}",
-                site.name, site.address, site.file_offset
+                "  tracking its tree: {} descendant(s), children [{}], listening on TCP ports {ports:?}",
+                snapshot.descendants.len(),
+                children.join(", "),
             );
         }
     }
     println!(
-        "ok: {} probes attached in {} process(es); ring buffer {} bytes, submit without wakeup, drain every {} ms",
+        "ok: {} probes and {} kernel hooks attached for {} process(es); ring buffer {} bytes, submit without wakeup, drain every {} ms",
         attached.len(),
-        tables.len(),
+        hooks.len(),
+        targets.len(),
         cli.ring_buffer_bytes,
         cli.drain_interval_ms
     );
     Ok(())
+}
+
+/// The kernel hooks attached, and what this kernel's tracepoints cannot tell.
+fn print_hooks(hooks: &[&'static tracefs::Hook], layout: &observer_common::Layout) {
+    let names: Vec<String> = hooks.iter().map(|h| format!("{}:{}", h.category, h.name)).collect();
+    println!("kernel hooks: {} tracepoints attached ({})", hooks.len(), names.join(", "));
+    for hook in tracefs::HOOKS.iter().filter(|h| !hooks.iter().any(|a| std::ptr::eq(*a, *h))) {
+        let lost = hook.without.unwrap_or_default();
+        println!("  {}:{} absent from this kernel: no {lost}", hook.category, hook.name);
+    }
+    if layout.process_exit_group_dead == observer_common::ABSENT {
+        println!(
+            "  sched_process_exit has no group_dead (Linux 6.16 added it): a child ends with its leader thread"
+        );
+    }
+    if tracefs::timeouts_supported(layout) {
+        println!(
+            "  TCP timeouts told apart: keepalive (reset reason {}), retransmission (ETIMEDOUT after close)",
+            layout.keepalive_timeout_reason
+        );
+    } else {
+        println!(
+            "  TCP timeouts not counted: this kernel lacks reset reasons or inet_sk_error_report (Linux 6.10 has both)"
+        );
+    }
+}
+
+fn print_probes(pid: u32, table: &ProbeTable, attached: &[Attached]) {
+    println!(
+        "pid {pid}: {} (probe ABI v{}, from the {})",
+        table.path.display(),
+        table.abi_version,
+        table.source
+    );
+    for (probe, _) in probes::CATALOGUE.iter().filter(|(probe, _)| table.site(probe).is_none()) {
+        println!("  mcp_probe_{probe:<22} absent from this binary: its metrics stay empty");
+    }
+    for site in &table.sites {
+        let state = if attached.iter().any(|a| a.pid == pid && a.probe == site.name) {
+            "attached"
+        } else {
+            "not in this observer's catalogue, ignored"
+        };
+        println!(
+            "  mcp_probe_{:<22} address {:#x}  file offset {:#x}  {state}",
+            site.name, site.address, site.file_offset
+        );
+    }
+}
+
+fn print_kernel_only(pid: u32) {
+    let found = match probes::for_pid(pid) {
+        Ok(table) => format!("it has {} probes, not attached", table.sites.len()),
+        Err(ObserveError::NoProbes { .. }) => "it has no MCP probes".to_string(),
+        Err(error) => format!("its probes were not read: {error}"),
+    };
+    println!(
+        "pid {pid}: {} in kernel-only mode ({found}): TCP and child-process metrics only, no request metrics",
+        tree::executable_name(pid)
+    );
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -202,7 +286,7 @@ fn serve(cli: &Cli) -> Result<(), ObserveError> {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let Attachment { mut loaded, tables: _, attached } = attach_all(cli)?;
+        let Attachment { mut loaded, targets, attached, hooks, snapshots, layout: _ } = attach_all(cli)?;
         for a in &attached {
             log::info!(
                 "attached mcp_probe_{} in {} (pid {}) at file offset {:#x}",
@@ -212,8 +296,18 @@ fn serve(cli: &Cli) -> Result<(), ObserveError> {
                 a.file_offset
             );
         }
+        log::info!("attached {} kernel hooks (TCP connections and child processes)", hooks.len());
         let metrics = Arc::new(Metrics::new(cli.labels.config()));
         metrics.observer.probes_attached.set(attached.len() as i64);
+        metrics.observer.hooks_attached.set(hooks.len() as i64);
+        for a in attached.iter().filter(|a| a.probe == "child_spawn") {
+            metrics.children.expect_names(a.pid);
+        }
+        for (pid, snapshot) in &snapshots {
+            for (child, executable) in &snapshot.children {
+                metrics.existing_child(*pid, *child, executable);
+            }
+        }
         let state = Arc::new(AppState {
             metrics: metrics.clone(),
             kernel: Mutex::new(loaded.take_maps(Duration::from_secs(cli.request_expiry_secs))?),
@@ -230,7 +324,8 @@ fn serve(cli: &Cli) -> Result<(), ObserveError> {
         let drain =
             events::drain_forever(ring, metrics.clone(), Duration::from_millis(cli.drain_interval_ms));
         let server = axum::serve(listener, http::router(state.clone())).into_future();
-        let watch = watch_targets(&attached, state);
+        let pids: Vec<u32> = targets.iter().map(|(pid, _)| *pid).collect();
+        let watch = watch_targets(&pids, &attached, state);
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             result = drain => log::error!("ring-buffer reader stopped: {result:?}"),
@@ -248,14 +343,9 @@ fn serve(cli: &Cli) -> Result<(), ObserveError> {
 /// Every second: expires stale requests (even when nobody scrapes), and keeps
 /// `mcp_observer_targets`, the attached-probe count, readiness and what the targets held
 /// open true to their lives.
-async fn watch_targets(attached: &[Attached], state: Arc<AppState>) {
-    let mut probes: Vec<(u32, usize)> = Vec::new();
-    for a in attached {
-        match probes.iter_mut().find(|(pid, _)| *pid == a.pid) {
-            Some((_, count)) => *count += 1,
-            None => probes.push((a.pid, 1)),
-        }
-    }
+async fn watch_targets(pids: &[u32], attached: &[Attached], state: Arc<AppState>) {
+    let mut targets: Vec<(u32, usize)> =
+        pids.iter().map(|pid| (*pid, attached.iter().filter(|a| a.pid == *pid).count())).collect();
     let mut exited = Vec::new();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -263,8 +353,8 @@ async fn watch_targets(attached: &[Attached], state: Arc<AppState>) {
         // Processes seen gone a tick ago: the reader has drained their last events (their
         // shutdown disconnects and session closes) by now.
         state.refresh(std::mem::take(&mut exited)).await;
-        probes.retain(|(pid, _)| {
-            let alive = is_running(*pid);
+        targets.retain(|(pid, _)| {
+            let alive = tree::is_alive(*pid);
             if !alive {
                 log::warn!("target process {pid} exited; metrics stay served");
                 state.ready.store(false, Ordering::Relaxed);
@@ -273,16 +363,8 @@ async fn watch_targets(attached: &[Attached], state: Arc<AppState>) {
             alive
         });
         let observer = &state.metrics.observer;
-        observer.targets.set(probes.len() as i64);
+        observer.targets.set(targets.len() as i64);
         // A dead process's uprobes no longer fire.
-        observer.probes_attached.set(probes.iter().map(|(_, count)| *count).sum::<usize>() as i64);
+        observer.probes_attached.set(targets.iter().map(|(_, count)| *count).sum::<usize>() as i64);
     }
-}
-
-/// Whether `pid` exists and is not a zombie (exited, not yet reaped by its parent).
-fn is_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // The state follows the command name, which may itself hold spaces and parentheses.
-        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z")
-    })
 }

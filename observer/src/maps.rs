@@ -1,16 +1,20 @@
-//! The agent's view of the kernel maps read at scrape time: the per-CPU counters, and the
-//! in-flight request map whose stale entries it expires.
+//! The agent's view of the kernel maps: the per-CPU counters and the in-flight request
+//! map (whose stale entries it expires) read at scrape time, and the kernel hooks'
+//! process-tree, listening-port and socket maps, cleared of a target once it is gone.
 
 use std::{collections::HashMap as StdHashMap, time::Duration};
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
-use observer_common::{InFlightKey, counter};
+use aya::{
+    Pod,
+    maps::{HashMap, MapData, MapError, PerCpuArray},
+};
+use observer_common::{InFlightKey, Listener, Tracked, TrackedSocket, counter};
 
 use crate::metrics::Metrics;
 
-/// Map entries visited per sweep at most: the map's size. A key deleted while we iterate
+/// Map entries visited per walk at most: the largest map's size. A key deleted while we iterate
 /// makes the kernel restart from the first key, so the walk must be bounded.
-const MAX_IN_FLIGHT: usize = 65_536;
+const MAX_WALK: usize = 65_536;
 
 /// The kernel maps the agent reads; refreshed into the metrics before every scrape and
 /// every second.
@@ -19,6 +23,9 @@ pub struct KernelMaps {
     pub in_flight: HashMap<MapData, InFlightKey, u64>,
     /// Requests in flight longer than this are counted as timeouts and removed.
     pub request_expiry: Duration,
+    pub tracked: HashMap<MapData, u32, Tracked>,
+    pub listening: HashMap<MapData, u32, Listener>,
+    pub sockets: HashMap<MapData, u64, TrackedSocket>,
 }
 
 impl KernelMaps {
@@ -44,13 +51,18 @@ impl KernelMaps {
     }
 
     /// Process `tgid` exited: its requests in flight will never end, so they are counted
-    /// as timeouts now rather than at their expiry.
+    /// as timeouts now rather than at their expiry. What the kernel hooks kept for it goes:
+    /// its orphaned descendants, ports and sockets are no longer a target's, and a port or
+    /// pid reused by an unrelated process must not count.
     pub fn forget_process(&mut self, tgid: u32, metrics: &Metrics) {
         for (key, start) in self.in_flight_snapshot() {
             if key.tgid == tgid {
                 self.expire(key, start, metrics);
             }
         }
+        remove_where(&mut self.tracked, |entry| entry.root == tgid);
+        remove_where(&mut self.listening, |listener| listener.target == tgid);
+        remove_where(&mut self.sockets, |socket| socket.target == tgid);
     }
 
     /// Expires requests older than `request_expiry` (their end never came: the proxy
@@ -74,7 +86,7 @@ impl KernelMaps {
     /// first key, so keys can come twice.
     fn in_flight_snapshot(&self) -> StdHashMap<InFlightKey, u64> {
         let mut entries = StdHashMap::new();
-        for entry in self.in_flight.iter().take(MAX_IN_FLIGHT) {
+        for entry in self.in_flight.iter().take(MAX_WALK) {
             match entry {
                 Ok((key, start)) => {
                     entries.insert(key, start);
@@ -98,8 +110,24 @@ impl KernelMaps {
     }
 }
 
+/// Removes the entries whose value matches (at most the largest map's size are visited).
+fn remove_where<K: Pod + Eq + std::hash::Hash, V: Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    matches: impl Fn(&V) -> bool,
+) {
+    let doomed: Vec<K> = map
+        .iter()
+        .take(MAX_WALK)
+        .map_while(Result::ok)
+        .filter_map(|(key, value)| matches(&value).then_some(key))
+        .collect();
+    for key in doomed {
+        let _ = map.remove(&key);
+    }
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`.
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };

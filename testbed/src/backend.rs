@@ -1,6 +1,8 @@
 //! A stdio MCP server with deterministic tools: `echo`, `sleep` (for `ms` milliseconds),
 //! `error` (a tool error, `isError: true`), `fail` (a JSON-RPC error), `crash` (the process
-//! exits without answering) and optionally `tool0000`… (echoes, to grow the tool cache).
+//! exits without answering), `connect` (opens `count` TCP connections to `addr`, so that
+//! tests know how many outbound connections the proxy's process tree made) and optionally
+//! `tool0000`… (echoes, to grow the tool cache).
 //! One JSON-RPC message per line; requests are served concurrently.
 
 use std::time::Duration;
@@ -14,7 +16,7 @@ use tokio::{
 use crate::jsonrpc;
 
 /// The tools every backend lists (besides `--extra-tools`).
-pub const TOOLS: [&str; 5] = ["echo", "sleep", "error", "fail", "crash"];
+pub const TOOLS: [&str; 6] = ["echo", "sleep", "error", "fail", "crash", "connect"];
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -100,7 +102,20 @@ fn tools(extra_tools: usize) -> Vec<Value> {
         tool("sleep", "Sleeps for ms milliseconds", json!({"ms": {"type": "integer"}})),
         tool("error", "Always returns a tool error (isError: true)", json!({})),
         tool("fail", "Always fails with a JSON-RPC error", json!({})),
-        tool("crash", "Ends the backend process without answering", json!({})),
+        tool(
+            "crash",
+            "Ends the backend process without answering, with exit status `status` (default 1)",
+            json!({"status": {"type": "integer", "minimum": 0, "maximum": 255}}),
+        ),
+        tool(
+            "connect",
+            "Opens count TCP connections to addr one after another, each held open for hold_ms",
+            json!({
+                "addr": {"type": "string", "description": "HOST:PORT"},
+                "count": {"type": "integer", "minimum": 0},
+                "hold_ms": {"type": "integer", "minimum": 0},
+            }),
+        ),
     ];
     tools.extend((0..extra_tools).map(|i| tool(&extra_tool(i), "Returns its text", text())));
     tools
@@ -131,10 +146,30 @@ async fn call(id: &Value, params: &Value, extra_tools: usize) -> Value {
         "error" => jsonrpc::result(id, jsonrpc::text_result("the tool reported an error", true)),
         "fail" => jsonrpc::error(id, jsonrpc::BACKEND_ERROR, "the tool failed"),
         // The proxy must notice the lost connection by itself (EOF on our stdout).
-        "crash" => std::process::exit(1),
+        "crash" => std::process::exit(arguments.get("status").and_then(Value::as_i64).unwrap_or(1) as i32),
+        "connect" => {
+            let addr = arguments.get("addr").and_then(Value::as_str).unwrap_or_default();
+            let count = arguments.get("count").and_then(Value::as_u64).unwrap_or(1);
+            let hold_ms = arguments.get("hold_ms").and_then(Value::as_u64).unwrap_or(0).min(600_000);
+            let (text, is_error) = match connect(addr, count, Duration::from_millis(hold_ms)).await {
+                Ok(()) => (format!("opened {count} connections to {addr}"), false),
+                Err(error) => (format!("connecting to {addr}: {error}"), true),
+            };
+            jsonrpc::result(id, jsonrpc::text_result(&text, is_error))
+        }
         name if is_extra_tool(name, extra_tools) => echo(),
         _ => jsonrpc::error(id, jsonrpc::INVALID_PARAMS, "unknown tool"),
     }
+}
+
+/// Opens `count` connections to `addr` one at a time; each is held for `hold`, then dropped.
+async fn connect(addr: &str, count: u64, hold: Duration) -> std::io::Result<()> {
+    for _ in 0..count {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        tokio::time::sleep(hold).await;
+        drop(stream);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

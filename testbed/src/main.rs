@@ -3,6 +3,7 @@
 
 mod backend;
 mod burst;
+mod call;
 mod client;
 mod dispatch;
 mod jsonrpc;
@@ -38,6 +39,8 @@ enum Command {
     /// Drive the backend pool through connects, crashes, reconnects and idle reaping, and
     /// print the ground truth.
     Pool(pool_scenario::Args),
+    /// Send one tools/call through a proxy and print the JSON-RPC reply.
+    Call(call::Args),
     /// Call the request probes N times as fast as possible once a line arrives on stdin.
     Burst {
         /// Number of start/end probe pairs to fire.
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
             Command::Backend(args) => backend::run(args).await,
             Command::Load(args) => load::run(args).await,
             Command::Pool(args) => pool_scenario::run(args).await,
+            Command::Call(args) => call::run(args).await,
             Command::Burst { requests } => burst::run(requests),
             Command::Misbehave => misbehave::run(),
         }

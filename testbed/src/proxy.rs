@@ -22,9 +22,11 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::post,
+    serve::ListenerExt as _,
 };
 use mcp_probes::{AuthFailure, RequestLabels, SessionCloseReason, Status};
 use serde_json::Value;
+use socket2::{SockRef, TcpKeepalive};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{dispatch::Outcome, jsonrpc, pool::Pool, reaper::Reaper, sessions::Sessions};
@@ -71,6 +73,12 @@ pub struct Args {
     /// Every backend sleeps this long before answering anything, so connects take as long.
     #[arg(long, default_value_t = 0)]
     connect_delay_ms: u64,
+    /// TCP keepalive on every accepted client connection (0 = off): idle time, probe
+    /// interval N s and a single probe, so that a client that silently drops packets gets
+    /// its connection aborted by a keepalive timeout about 2N s after it went idle. Lets
+    /// tests provoke a real keepalive timeout.
+    #[arg(long, default_value_t = 0)]
+    tcp_keepalive_secs: u64,
 }
 
 pub struct Proxy {
@@ -109,6 +117,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     eprintln!("mcp-testbed proxy: pid {} serving http://{}/mcp", std::process::id(), listener.local_addr()?);
+    let keepalive = (args.tcp_keepalive_secs > 0).then(|| keepalive(args.tcp_keepalive_secs));
+    let listener = listener.tap_io(move |stream| {
+        if let Some(keepalive) = &keepalive
+            && let Err(error) = SockRef::from(&*stream).set_tcp_keepalive(keepalive)
+        {
+            eprintln!("mcp-testbed proxy: setting TCP keepalive: {error}");
+        }
+    });
     let app = Router::new().route("/mcp", post(handle).delete(close_session)).with_state(proxy);
     axum::serve(listener, app).with_graceful_shutdown(stop).await.context("serving")?;
 
@@ -118,6 +134,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     sessions.close_all(SessionCloseReason::Shutdown);
     eprintln!("mcp-testbed proxy: idle reaper ran {runs} times");
     Ok(())
+}
+
+/// Keepalive probes after `secs` idle, every `secs`, and only one: an unanswered probe
+/// aborts the connection.
+fn keepalive(secs: u64) -> TcpKeepalive {
+    let every = Duration::from_secs(secs);
+    TcpKeepalive::new().with_time(every).with_interval(every).with_retries(1)
 }
 
 /// Resolves at the first SIGTERM or SIGINT; the handlers are installed right away.

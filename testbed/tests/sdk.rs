@@ -33,11 +33,13 @@ fn the_reference_python_sdk_talks_to_the_proxy() {
     assert_eq!(
         tools,
         [
+            "alpha__connect",
             "alpha__crash",
             "alpha__echo",
             "alpha__error",
             "alpha__fail",
             "alpha__sleep",
+            "beta__connect",
             "beta__crash",
             "beta__echo",
             "beta__error",

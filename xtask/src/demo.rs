@@ -115,7 +115,9 @@ pub fn run() -> anyhow::Result<()> {
             println!("  {key}: {row}");
         }
     }
-    println!("\nWhat the observer saw of them, of the backend pool, and of alice's alpha__sleep latency:");
+    println!(
+        "\nWhat the observer saw of them, of the backend pool, of the proxy's TCP connections and child processes (kernel hooks), and of alice's alpha__sleep latency:"
+    );
     let shown = [
         "mcp_proxy_acl_decisions_total",
         "mcp_proxy_auth_failures_total",
@@ -125,7 +127,11 @@ pub fn run() -> anyhow::Result<()> {
         "mcp_proxy_idle_reaper_runs_total",
         "mcp_proxy_tool_cache_entries",
         "mcp_proxy_classifier_cache",
-        "mcp_proxy_child_spawns_total",
+        "mcp_proxy_child_",
+        "mcp_proxy_tcp_connections_",
+        "mcp_proxy_tcp_connection_duration_seconds_count",
+        "mcp_proxy_tcp_timeouts_total",
+        "mcp_proxy_tcp_resets_total",
         "mcp_proxy_requests_in_flight",
         "mcp_proxy_request_oldest_in_flight_seconds",
     ];

@@ -7,7 +7,21 @@ use anyhow::{Context as _, bail};
 
 use crate::exec;
 
-const APT_PACKAGES: [&str; 5] = ["llvm-22-dev", "libpolly-22-dev", "bpftool", "libcap2-bin", "binutils"];
+/// The LLVM that bpf-linker links against, bpftool, capsh and strip for the tests, and
+/// for the kernel-hook tests: network namespaces, nftables, sysctl and pkill, setpriv and
+/// unshare, and the system Python that plays a proxy without probes.
+const APT_PACKAGES: [&str; 10] = [
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "bpftool",
+    "libcap2-bin",
+    "binutils",
+    "iproute2",
+    "nftables",
+    "procps",
+    "util-linux",
+    "python3",
+];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub fn run() -> anyhow::Result<()> {

@@ -3,13 +3,18 @@
 
 mod access;
 mod caches;
+mod children;
 mod live;
 mod observer;
 mod pool;
 mod requests;
 mod sessions;
+mod tcp;
 
-use std::sync::Mutex;
+use std::sync::{
+    Mutex,
+    atomic::{AtomicU64, Ordering},
+};
 
 use observer_common::{FLAG_TRUNCATED_SHIFT, InFlightKey, ProbeEvent, counter, field, kind};
 use prometheus::{
@@ -31,9 +36,13 @@ pub struct Metrics {
     caches: caches::Caches,
     sessions: sessions::Sessions,
     access: access::Access,
+    tcp: tcp::Tcp,
+    pub children: children::Children,
     pub observer: ObserverMetrics,
     /// Kernel counter totals already folded into the series.
     kernel_seen: Mutex<[u64; counter::COUNT as usize]>,
+    /// Every event with an earlier kernel timestamp has been read (CLOCK_MONOTONIC, ns).
+    drained_until: AtomicU64,
 }
 
 impl Metrics {
@@ -46,8 +55,11 @@ impl Metrics {
             caches: caches::Caches::new(&registry),
             sessions: sessions::Sessions::new(&registry),
             access: access::Access::new(&registry),
+            tcp: tcp::Tcp::new(&registry),
+            children: children::Children::new(&registry),
             observer: ObserverMetrics::new(&registry),
             kernel_seen: Mutex::new([0; counter::COUNT as usize]),
+            drained_until: AtomicU64::new(0),
             registry,
         }
     }
@@ -73,11 +85,15 @@ impl Metrics {
             kind::BACKEND_DISCONNECT => self.pool.disconnect(ev, label, &self.observer)?,
             kind::BACKENDS_CONFIGURED => self.pool.configured(ev),
             kind::IDLE_REAPER_RUN => self.pool.reaper_runs.inc(),
-            kind::CHILD_SPAWN => self.pool.child_spawns.with_label_values(&[label(field::SERVER)]).inc(),
+            kind::CHILD_SPAWN => self.children.named(ev, label(field::SERVER)),
             kind::SESSION_OPEN => self.sessions.open(ev, label(field::TRANSPORT)),
             kind::SESSION_CLOSE => self.sessions.close(ev, label, &self.observer)?,
             kind::TOOL_CACHE_SIZE => self.caches.tool_cache_size(ev, label(field::SERVER)),
             kind::CLASSIFIER_CACHE => self.caches.classifier_lookup(ev, label)?,
+            kind::TCP_OPEN..=kind::TCP_RETRANSMIT => self.tcp.record(ev, &self.observer)?,
+            kind::CHILD_FORK => self.children.fork(ev),
+            kind::CHILD_EXEC => self.children.exec(ev, &|name, cut| self.admit(field::SERVER, name, cut)),
+            kind::CHILD_EXIT => self.children.exit(ev, &|name, cut| self.admit(field::SERVER, name, cut)),
             kind => return Err(DecodeError::UnknownKind { kind }),
         }
         Ok(())
@@ -86,11 +102,17 @@ impl Metrics {
     /// The label value of string slot `slot`: counted when the kernel truncated it, and
     /// when the label policy folded it into `__other__`.
     fn label(&self, ev: &ProbeEvent, slot: usize) -> String {
+        let truncated = ev.flags & (1 << (FLAG_TRUNCATED_SHIFT + slot as u32)) != 0;
+        self.admit(slot, string(ev, slot), truncated)
+    }
+
+    /// The value of label `slot` for `bytes`, through the label policy.
+    fn admit(&self, slot: usize, bytes: &[u8], truncated: bool) -> String {
         let name = field::LABELS[slot];
-        if ev.flags & (1 << (FLAG_TRUNCATED_SHIFT + slot as u32)) != 0 {
+        if truncated {
             self.observer.label_truncated.with_label_values(&[name]).inc();
         }
-        let (value, folded) = self.labels.lock().expect("label policy lock").admit(slot, string(ev, slot));
+        let (value, folded) = self.labels.lock().expect("label policy lock").admit(slot, bytes);
         if folded {
             self.observer.label_overflow.with_label_values(&[name]).inc();
         }
@@ -112,11 +134,32 @@ impl Metrics {
         self.requests.oldest_in_flight.set(seconds);
     }
 
-    /// Process `tgid` exited: what it held open (connections, sessions) is gone with it.
+    /// Process `tgid` exited: what it held open (connections, sessions, children) is gone
+    /// with it.
     pub fn forget_process(&self, tgid: u32) {
         self.pool.forget(tgid);
         self.sessions.forget(tgid);
         self.caches.forget(tgid);
+        self.tcp.forget(tgid);
+        self.children.forget(tgid);
+    }
+
+    /// The reader emptied the ring buffer after `ns`.
+    pub fn drained(&self, ns: u64) {
+        self.drained_until.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    /// Counts the children nobody named in time (see `children`). Judged by what was
+    /// read, not by the clock: a reader running late must not miss names waiting in the ring.
+    pub fn tick(&self) {
+        let drained = self.drained_until.load(Ordering::Relaxed);
+        self.children.tick(drained, &|name, cut| self.admit(field::SERVER, name, cut));
+    }
+
+    /// A child target `tgid` already had when the agent attached, named after its executable.
+    pub fn existing_child(&self, tgid: u32, pid: u32, executable: &str) {
+        let label = self.admit(field::SERVER, executable.as_bytes(), false);
+        self.children.existing(tgid, pid, label);
     }
 
     /// Folds the kernel's counter totals (summed over CPUs) into the series. Totals only
@@ -132,6 +175,8 @@ impl Metrics {
         self.observer.bad_user_pointers.inc_by(delta(counter::BAD_USER_POINTER));
         self.observer.in_flight_full.inc_by(delta(counter::IN_FLIGHT_FULL));
         self.observer.duplicate_starts.inc_by(delta(counter::DUPLICATE_START));
+        self.observer.map_full.with_label_values(&["tracked"]).inc_by(delta(counter::TRACKED_FULL));
+        self.observer.map_full.with_label_values(&["sockets"]).inc_by(delta(counter::SOCKETS_FULL));
         self.requests.set_in_flight(
             totals[counter::REQUESTS_STARTED as usize],
             totals[counter::REQUESTS_FINISHED as usize],

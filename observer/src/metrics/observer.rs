@@ -17,6 +17,8 @@ pub struct ObserverMetrics {
     pub bad_user_pointers: IntCounter,
     pub in_flight_full: IntCounter,
     pub duplicate_starts: IntCounter,
+    pub map_full: IntCounterVec,
+    pub hooks_attached: IntGauge,
     pub unmatched_ends: IntCounterVec,
     pub late_request_ends: IntCounter,
 }
@@ -78,6 +80,16 @@ impl ObserverMetrics {
                 "mcp_observer_duplicate_request_starts_total",
                 "Request starts reusing the id of a request still in flight (the first start is kept)",
             ),
+            map_full: counter_vec(
+                registry,
+                "mcp_observer_map_full_total",
+                "Processes (tracked) or connections (sockets) of the targets the kernel could not track: its map was full",
+                &["map"],
+            ),
+            hooks_attached: int_gauge(
+                "mcp_observer_kernel_hooks_attached",
+                "Kernel hooks (tracepoints on sockets and processes) attached",
+            ),
             unmatched_ends: counter_vec(
                 registry,
                 "mcp_observer_unmatched_ends_total",
@@ -93,6 +105,9 @@ impl ObserverMetrics {
         for name in &kind::NAMES[1..] {
             metrics.events.with_label_values(&[name]);
             metrics.events_lost.with_label_values(&[name]);
+        }
+        for map in ["tracked", "sockets"] {
+            metrics.map_full.with_label_values(&[map]);
         }
         metrics
     }

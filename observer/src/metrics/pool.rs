@@ -1,5 +1,5 @@
 //! The backend pool: configured and connected backends, connects and their duration,
-//! disconnects and connection lifetimes, idle-reaper passes and child spawns.
+//! disconnects and connection lifetimes, and idle-reaper passes.
 
 use std::{collections::HashMap, sync::Mutex};
 
@@ -30,7 +30,6 @@ pub struct Pool {
     connect_duration: HistogramVec,
     disconnects: IntCounterVec,
     pub reaper_runs: IntCounter,
-    pub child_spawns: IntCounterVec,
 }
 
 impl Pool {
@@ -79,12 +78,6 @@ impl Pool {
                     "Passes of the proxy's idle-backend reaper",
                 )
                 .expect("valid metric"),
-            ),
-            child_spawns: counter_vec(
-                registry,
-                "mcp_proxy_child_spawns_total",
-                "Child processes spawned for stdio backends, as the proxy reports them",
-                &["server"],
             ),
         }
     }

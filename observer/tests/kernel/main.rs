@@ -3,6 +3,7 @@
 //! one at a time; when not root they fail, they never skip.
 
 mod catalogue;
+mod hooks;
 mod support;
 
 use std::{
@@ -30,6 +31,8 @@ fn request_counts_and_latencies_match_the_ground_truth() {
 
 /// Probe functions in the testbed proxy: the whole catalogue of ABI v1.
 const PROBES: f64 = 14.0;
+/// Tracepoints the kernel hooks attach to.
+pub const HOOKS: usize = 9;
 
 #[test]
 fn a_stripped_proxy_is_found_through_its_note() {
@@ -151,7 +154,7 @@ fn errors_name_the_problem_and_the_next_step() {
     assert_eq!(
         stderr,
         format!(
-            "mcp-observe: error: {} (pid {}) has no MCP probes (no .note.mcp_probes section, no mcp_probe_* symbols): link the mcp-probes crate into the proxy and call its probes, see docs/probe-abi.md\n",
+            "mcp-observe: error: {} (pid {}) has no MCP probes (no .note.mcp_probes section, no mcp_probe_* symbols): add --kernel-only to watch only its TCP connections and child processes, or link the mcp-probes crate into the proxy (docs/probe-abi.md)\n",
             exe.display(),
             plain.id()
         )
@@ -185,8 +188,9 @@ fn sigterm_detaches_every_probe() {
     let proxy = start_proxy(&testbed_bin());
     let mut observer = start_observer(&[proxy.pid()], &[]);
     let ours = programs_held_by(observer.pid());
-    assert_eq!(ours.len(), PROBES as usize, "the observer holds one program per probe");
-    assert_eq!(links_of(&ours), PROBES as usize, "one link per probe");
+    let programs = PROBES as usize + HOOKS;
+    assert_eq!(ours.len(), programs, "the observer holds one program per probe and per kernel hook");
+    assert_eq!(links_of(&ours), programs, "one link per probe and per kernel hook");
     observer.signal(libc::SIGTERM);
     let status = observer.child.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");

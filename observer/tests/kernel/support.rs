@@ -364,8 +364,18 @@ pub fn assert_rows_match(observer: &Running, metric: &str, truth: &serde_json::V
 }
 
 /// Scrapes until `done` holds (at most 10 s), then returns that scrape.
-pub fn scrape_until(observer: &Running, what: &str, mut done: impl FnMut(&Scrape) -> bool) -> Scrape {
-    let deadline = Instant::now() + Duration::from_secs(10);
+pub fn scrape_until(observer: &Running, what: &str, done: impl FnMut(&Scrape) -> bool) -> Scrape {
+    scrape_until_for(observer, Duration::from_secs(10), what, done)
+}
+
+/// Scrapes until `done` holds (at most `timeout`), then returns that scrape.
+pub fn scrape_until_for(
+    observer: &Running,
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut(&Scrape) -> bool,
+) -> Scrape {
+    let deadline = Instant::now() + timeout;
     loop {
         let metrics = scrape(observer);
         if done(&metrics) {

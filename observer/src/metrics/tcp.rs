@@ -1,0 +1,112 @@
+//! The targets' TCP connections, from the kernel hooks: active, opened and closed by
+//! direction, how long each lasted, the timeouts that ended them (keepalive or
+//! retransmission), resets and retransmissions.
+
+use observer_common::{ProbeEvent, kind};
+use prometheus::{IntCounterVec, Registry};
+
+use super::{ObserverMetrics, counter_vec, gauge_vec, histogram_vec, live::Live};
+use crate::events::{DecodeError, low_u32, name, names};
+
+/// Connections live from a health check's milliseconds to a streaming client's day.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
+    86400.0,
+];
+
+pub struct Tcp {
+    /// Active connections and their durations, by direction.
+    live: Live,
+    opened: IntCounterVec,
+    closed: IntCounterVec,
+    timeouts: IntCounterVec,
+    resets: IntCounterVec,
+    retransmits: IntCounterVec,
+}
+
+impl Tcp {
+    pub fn new(registry: &Registry) -> Self {
+        let active = gauge_vec(
+            registry,
+            "mcp_proxy_tcp_connections_active",
+            "TCP connections of the proxy's process tree open now: inbound (accepted on a port it listens on) or outbound",
+            &["direction"],
+        );
+        let duration = histogram_vec(
+            registry,
+            "mcp_proxy_tcp_connection_duration_seconds",
+            "How long a TCP connection lasted, from the end of its handshake to its close",
+            &["direction"],
+            DURATION_BUCKETS,
+        );
+        let tcp = Self {
+            live: Live::new(active.clone(), duration, kind::TCP_CLOSE),
+            opened: counter_vec(
+                registry,
+                "mcp_proxy_tcp_connections_opened_total",
+                "TCP connections established",
+                &["direction"],
+            ),
+            closed: counter_vec(
+                registry,
+                "mcp_proxy_tcp_connections_closed_total",
+                "TCP connections closed",
+                &["direction"],
+            ),
+            timeouts: counter_vec(
+                registry,
+                "mcp_proxy_tcp_timeouts_total",
+                "TCP connections aborted by a timer: keepalive (the peer stopped answering probes) or retransmission (data or a SYN never acknowledged)",
+                &["direction", "kind"],
+            ),
+            resets: counter_vec(
+                registry,
+                "mcp_proxy_tcp_resets_total",
+                "TCP resets sent or received on the proxy's connections",
+                &["direction"],
+            ),
+            retransmits: counter_vec(
+                registry,
+                "mcp_proxy_tcp_retransmits_total",
+                "TCP segments retransmitted on the proxy's connections",
+                &["direction"],
+            ),
+        };
+        // Present from the start, so that a dashboard sees 0 rather than no data.
+        for direction in names::DIRECTION {
+            active.with_label_values(&[direction]);
+            for family in [&tcp.opened, &tcp.closed, &tcp.resets, &tcp.retransmits] {
+                family.with_label_values(&[direction]);
+            }
+            for timer in names::TIMEOUT {
+                tcp.timeouts.with_label_values(&[direction, timer]);
+            }
+        }
+        tcp
+    }
+
+    pub fn record(&self, ev: &ProbeEvent, observer: &ObserverMetrics) -> Result<(), DecodeError> {
+        let direction = name(names::DIRECTION, "direction", low_u32(ev.value))?;
+        match ev.header.kind {
+            kind::TCP_OPEN => {
+                self.opened.with_label_values(&[direction]).inc();
+                self.live.open(ev, direction);
+            }
+            kind::TCP_CLOSE => {
+                self.closed.with_label_values(&[direction]).inc();
+                self.live.close(ev, observer);
+            }
+            kind::TCP_TIMEOUT => {
+                let timer = name(names::TIMEOUT, "timeout kind", ev.value >> 32)?;
+                self.timeouts.with_label_values(&[direction, timer]).inc();
+            }
+            kind::TCP_RESET => self.resets.with_label_values(&[direction]).inc(),
+            _ => self.retransmits.with_label_values(&[direction]).inc(),
+        }
+        Ok(())
+    }
+
+    pub fn forget(&self, tgid: u32) {
+        self.live.forget(tgid);
+    }
+}
