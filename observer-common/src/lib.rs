@@ -244,11 +244,25 @@ pub struct TrackedSocket {
     pub target: u32,
     /// `direction::*` as u32.
     pub direction: u32,
-    /// Handshake done: its open was sent, so its close will be.
-    pub established: u32,
+    /// `socket_state::*`.
+    pub state: u32,
     /// The keepalive timer gave up on it (its abort's ETIMEDOUT is then not a
     /// retransmission timeout).
     pub keepalive_timeout: u32,
+    /// When its handshake ended.
+    pub established_ns: u64,
+}
+
+/// [`TrackedSocket::state`].
+pub mod socket_state {
+    /// Connecting: its handshake is under way.
+    pub const CONNECTING: u32 = 0;
+    /// Accepted on a port the target listens on, but a listener on the same port in
+    /// another network namespace would look the same: it is the target's once a process
+    /// of the target's tree reads it.
+    pub const UNCONFIRMED: u32 = 1;
+    /// Open, and counted: its open was sent, its close will be.
+    pub const OPEN: u32 = 2;
 }
 
 /// Marks a field the running kernel's tracepoint lacks.
@@ -284,6 +298,10 @@ pub struct Layout {
     /// traces failed attempts.
     pub retransmit_skaddr: u32,
     pub retransmit_err: u32,
+    /// `sock:sock_recv_length` (Linux 6.3); [`ABSENT`] without it, and inbound
+    /// connections are then the target's by port alone.
+    pub recv_sk: u32,
+    pub recv_protocol: u32,
     /// `task:task_newtask`.
     pub newtask_pid: u32,
     pub newtask_comm: u32,

@@ -45,6 +45,12 @@ pub const HOOKS: &[Hook] = &[
     hook("tcp", "tcp_send_reset", "mcp_tcp_send_reset"),
     hook("tcp", "tcp_receive_reset", "mcp_tcp_receive_reset"),
     hook("tcp", "tcp_retransmit_skb", "mcp_tcp_retransmit_skb"),
+    Hook {
+        without: Some(
+            "check of whose an accepted connection is (a listener on the same port in another network namespace counts too)",
+        ),
+        ..hook("sock", "sock_recv_length", "mcp_sock_recv_length")
+    },
 ];
 
 /// Whether this kernel has the tracepoint.
@@ -170,6 +176,7 @@ pub fn layout(tracefs: &Path) -> Result<Layout, ObserveError> {
     };
     let error = optional("sock", "inet_sk_error_report")?;
     let exit_group = optional("syscalls", "sys_enter_exit_group")?;
+    let recv = optional("sock", "sock_recv_length")?;
     Ok(Layout {
         state_skaddr: state.offset("skaddr", 8)?,
         state_oldstate: state.offset("oldstate", 4)?,
@@ -188,6 +195,8 @@ pub fn layout(tracefs: &Path) -> Result<Layout, ObserveError> {
         receive_reset_skaddr: receive_reset.offset("skaddr", 8)?,
         retransmit_skaddr: retransmit.offset("skaddr", 8)?,
         retransmit_err: retransmit.optional("err", 4)?,
+        recv_sk: recv.optional("sk", 8)?,
+        recv_protocol: recv.optional("protocol", 2)?,
         newtask_pid: newtask.offset("pid", 4)?,
         newtask_comm: newtask.offset("comm", 16)?,
         newtask_clone_flags: newtask.offset("clone_flags", 8)?,

@@ -27,6 +27,8 @@ static LAYOUT: Layout = Layout {
     receive_reset_skaddr: 0,
     retransmit_skaddr: 0,
     retransmit_err: ABSENT,
+    recv_sk: ABSENT,
+    recv_protocol: ABSENT,
     newtask_pid: 0,
     newtask_comm: 0,
     newtask_clone_flags: 0,

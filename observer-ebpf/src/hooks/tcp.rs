@@ -1,9 +1,11 @@
 //! The targets' TCP connections, from `sock:inet_sock_set_state` and the `tcp:` reset and
 //! retransmit tracepoints. A connection is the target's when a process of its tree
 //! connects it (`outbound`, seen in the connecting process's context), or when it is
-//! accepted on a port a process of its tree listens on (`inbound`: the handshake ends in
-//! softirq context, where the current process means nothing). Only connections seen
-//! from their start are counted: one opened before the agent attached never is.
+//! accepted on a port a process of its tree listens on and then read by a process of its
+//! tree (`inbound`: the handshake ends in softirq context, where the current process means
+//! nothing, and another network namespace may listen on the same port; the first read,
+//! `sock:sock_recv_length`, runs in the reader's context). Only connections seen from
+//! their start are counted: one opened before the agent attached never is.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -12,7 +14,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use observer_common::{
-    ABSENT, Listener, TrackedSocket as Socket, counter, direction, kind, listening_key, timeout,
+    ABSENT, Listener, TrackedSocket as Socket, counter, direction, kind, listening_key,
+    socket_state::{CONNECTING, OPEN, UNCONFIRMED},
+    timeout,
 };
 
 use super::{field, layout, tree};
@@ -24,7 +28,10 @@ use crate::{
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
+const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
+const TCP_LAST_ACK: i32 = 9;
 const TCP_LISTEN: i32 = 10;
 const IPPROTO_TCP: u16 = 6;
 const ETIMEDOUT: i32 = 110;
@@ -62,7 +69,17 @@ static LAST_CLOSE: PerCpuArray<LastClose> = PerCpuArray::with_max_entries(1, 0);
 const ERROR_AFTER_CLOSE_NS: u64 = 10_000_000;
 
 fn send_socket(kind: u32, socket: &Socket, skaddr: u64, extra: u64) {
-    send_for(socket.target, kind, crate::now(), skaddr, u64::from(socket.direction) | extra, |_| 0);
+    send_at(crate::now(), kind, socket, skaddr, extra);
+}
+
+fn send_at(ts_ns: u64, kind: u32, socket: &Socket, skaddr: u64, extra: u64) {
+    send_for(socket.target, kind, ts_ns, skaddr, u64::from(socket.direction) | extra, |_| 0);
+}
+
+/// A counted socket: not one whose ownership is still unconfirmed.
+fn counted(skaddr: u64) -> Option<*mut Socket> {
+    // SAFETY: a live map value, only read here.
+    SOCKETS.get_ptr_mut(skaddr).filter(|socket| unsafe { (**socket).state } != UNCONFIRMED)
 }
 
 fn track(skaddr: u64, socket: &Socket) -> bool {
@@ -81,7 +98,7 @@ fn forget_earlier(skaddr: u64) {
     // SAFETY: a copy is taken at once.
     if let Some(earlier) = unsafe { SOCKETS.get(skaddr) }.copied() {
         let _ = SOCKETS.remove(skaddr);
-        if earlier.established != 0 {
+        if earlier.state == OPEN {
             send_socket(kind::TCP_CLOSE, &earlier, skaddr, 0);
         }
     }
@@ -132,34 +149,42 @@ pub fn mcp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 let socket = Socket {
                     target: me.root,
                     direction: direction::OUTBOUND as u32,
-                    established: 0,
+                    state: CONNECTING,
                     keepalive_timeout: 0,
+                    established_ns: 0,
                 };
                 track(skaddr, &socket);
             }
         }
         (TCP_LISTEN, TCP_SYN_RECV) => forget_earlier(skaddr),
+        // close() or shutdown() of a socket, in the closing process's context: like a
+        // read, it tells whose an unconfirmed socket is.
+        (TCP_ESTABLISHED | TCP_SYN_RECV, TCP_FIN_WAIT1) | (TCP_CLOSE_WAIT, TCP_LAST_ACK) => claim(skaddr),
         (TCP_SYN_SENT, TCP_ESTABLISHED) => {
             if let Some(socket) = SOCKETS.get_ptr_mut(skaddr) {
                 // SAFETY: a live map value.
                 let socket = unsafe {
-                    (*socket).established = 1;
+                    (*socket).state = OPEN;
+                    (*socket).established_ns = crate::now();
                     *socket
                 };
-                send_socket(kind::TCP_OPEN, &socket, skaddr, 0);
+                send_at(socket.established_ns, kind::TCP_OPEN, &socket, skaddr, 0);
             }
         }
         (TCP_SYN_RECV, TCP_ESTABLISHED) => {
             // SAFETY: a copy is taken at once.
             if let Some(listener) = unsafe { LISTENING.get(listening) }.copied() {
+                // Without the read hook, the port must do.
+                let confirmable = layout.recv_sk != ABSENT;
                 let socket = Socket {
                     target: listener.target,
                     direction: direction::INBOUND as u32,
-                    established: 1,
+                    state: if confirmable { UNCONFIRMED } else { OPEN },
                     keepalive_timeout: 0,
+                    established_ns: crate::now(),
                 };
-                if track(skaddr, &socket) {
-                    send_socket(kind::TCP_OPEN, &socket, skaddr, 0);
+                if track(skaddr, &socket) && !confirmable {
+                    send_at(socket.established_ns, kind::TCP_OPEN, &socket, skaddr, 0);
                 }
             }
         }
@@ -167,10 +192,15 @@ pub fn mcp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
             // SAFETY: a copy is taken at once.
             let Some(socket) = (unsafe { SOCKETS.get(skaddr) }).copied() else { return 0 };
             let _ = SOCKETS.remove(skaddr);
-            if socket.established != 0 {
-                send_socket(kind::TCP_CLOSE, &socket, skaddr, 0);
+            // Never read, never closed by a process: nobody's we can name (a close
+            // here may run in softirq on top of any process).
+            if socket.state == UNCONFIRMED {
+                return 0;
             }
-            let _ = CLOSED.insert(skaddr, socket, 0);
+            if socket.state == OPEN {
+                send_socket(kind::TCP_CLOSE, &socket, skaddr, 0);
+                let _ = CLOSED.insert(skaddr, socket, 0);
+            }
             if let (Some(last), Some(dport)) =
                 (LAST_CLOSE.get_ptr_mut(0), field::<u16>(&ctx, layout.state_dport))
             {
@@ -224,10 +254,47 @@ pub fn mcp_inet_sk_error_report(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
+pub fn mcp_sock_recv_length(ctx: TracePointContext) -> u32 {
+    let layout = layout();
+    if field::<u16>(&ctx, layout.recv_protocol) != Some(IPPROTO_TCP) {
+        return 0;
+    }
+    if let Some(skaddr) = field::<u64>(&ctx, layout.recv_sk) {
+        claim(skaddr);
+    }
+    0
+}
+
+/// The current process reads or closes the socket at `skaddr`: if its ownership was
+/// unconfirmed, it is now that process's target's (which, when two targets listen on
+/// the same port in two namespaces, the port could not say), or nobody's.
+fn claim(skaddr: u64) {
+    let Some(socket) = SOCKETS.get_ptr_mut(skaddr) else { return };
+    // SAFETY: a live map value.
+    let mut copy = unsafe { *socket };
+    if copy.state != UNCONFIRMED {
+        return;
+    }
+    match tree::current() {
+        Some(me) => {
+            copy.target = me.root;
+            copy.state = OPEN;
+            // SAFETY: as above.
+            unsafe { *socket = copy };
+            send_at(copy.established_ns, kind::TCP_OPEN, &copy, skaddr, 0);
+        }
+        // Another namespace's server on the same port.
+        None => {
+            let _ = SOCKETS.remove(skaddr);
+        }
+    }
+}
+
+#[tracepoint]
 pub fn mcp_tcp_send_reset(ctx: TracePointContext) -> u32 {
     let layout = layout();
     let Some(skaddr) = field::<u64>(&ctx, layout.send_reset_skaddr) else { return 0 };
-    if let Some(socket) = SOCKETS.get_ptr_mut(skaddr) {
+    if let Some(socket) = counted(skaddr) {
         let keepalive = layout.keepalive_timeout_reason != ABSENT
             && layout.send_reset_reason != ABSENT
             && field::<u32>(&ctx, layout.send_reset_reason) == Some(layout.keepalive_timeout_reason);
@@ -266,12 +333,12 @@ pub fn mcp_tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Sends `kind` if the socket at field `offset` is a target's.
+/// Sends `kind` if the socket at field `offset` is a target's, and counted.
 #[inline(always)]
 fn on_socket(ctx: &TracePointContext, offset: u32, kind: u32) {
     let Some(skaddr) = field::<u64>(ctx, offset) else { return };
-    // SAFETY: a copy is taken at once.
-    if let Some(socket) = unsafe { SOCKETS.get(skaddr) }.copied() {
-        send_socket(kind, &socket, skaddr, 0);
+    if let Some(socket) = counted(skaddr) {
+        // SAFETY: a live map value.
+        send_socket(kind, &unsafe { *socket }, skaddr, 0);
     }
 }

@@ -135,6 +135,39 @@ fn tcp_connections_of_the_proxy_tree_are_exact_and_nothing_else_counts() {
     assert_eq!(value(&metrics, "mcp_observer_unmatched_ends_total", &[("kind", "tcp_close")]), 0.0);
 }
 
+#[test]
+fn a_listener_on_the_proxys_port_in_another_namespace_is_not_the_proxys() {
+    let _serial = kernel_test();
+    let proxy = start_proxy(&testbed_bin());
+    let observer = start_observer(&[proxy.pid()], &[]);
+    let port = proxy.addr.rsplit_once(':').unwrap().1;
+    // An unrelated server on the very same address and port, in another network namespace
+    // (another pod on the node), with three clients of its own.
+    let netns = Netns::new("sameport");
+    let script = format!(
+        "import socket
+listener = socket.socket(); listener.bind(('127.0.0.1', {port})); listener.listen(8)
+for _ in range(3):
+    client = socket.create_connection(('127.0.0.1', {port}))
+    conn, _ = listener.accept()
+    client.sendall(b'hello'); conn.recv(5); client.close(); conn.recv(1); conn.close()
+print('done', flush=True)"
+    );
+    let mut unrelated = netns.command("python3");
+    unrelated.args(["-c", &script]);
+    let (_unrelated, said) = Client::spawn(unrelated);
+    assert_eq!(said, "done");
+    hold_connections(&proxy.addr, 2, Duration::from_millis(20));
+    let metrics = scrape_until(&observer, "the proxy's closes", |m| value(m, TCP_CLOSED, &[INBOUND]) >= 2.0);
+    std::thread::sleep(Duration::from_millis(300));
+    let metrics = [metrics, scrape(&observer)];
+    for metrics in &metrics {
+        assert_eq!(value(metrics, TCP_OPENED, &[INBOUND]), 2.0, "only the proxy's own connections");
+        assert_eq!(value(metrics, TCP_CLOSED, &[INBOUND]), 2.0);
+        assert_eq!(value(metrics, TCP_ACTIVE, &[INBOUND]), 0.0);
+    }
+}
+
 /// A network namespace of the test's own, deleted on drop.
 struct Netns {
     name: String,
@@ -451,7 +484,7 @@ fn tracefs_is_mounted_when_absent_and_named_when_it_cannot_be() {
     let (code, stdout, stderr) = observe_once(&["--pid", &pid, "--check"], &unmounted);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("mounted tracefs at /sys/kernel/tracing"), "{stderr}");
-    assert!(stdout.contains("9 tracepoints attached"), "{stdout}");
+    assert!(stdout.contains("10 tracepoints attached"), "{stdout}");
 
     let without_sys_admin = [&unmounted[..], &["setpriv", "--bounding-set", "-sys_admin", "--"]].concat();
     let (code, _, stderr) = observe_once(&["--pid", &pid, "--check"], &without_sys_admin);
