@@ -8,7 +8,7 @@
 //! their start are counted: one opened before the agent attached never is.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::TracePointContext,
@@ -53,9 +53,11 @@ struct LastClose {
 #[map]
 static LISTENING: HashMap<u32, Listener> = HashMap::with_max_entries(1024, 0);
 
-/// The targets' sockets from connect (or accept) to close, by kernel address.
+/// The targets' sockets from connect (or accept) to close, by kernel address. Not
+/// preallocated: an entry deleted on one CPU while another holds it is freed after an
+/// RCU grace period instead of being handed at once to a new socket.
 #[map]
-static SOCKETS: HashMap<u64, Socket> = HashMap::with_max_entries(65_536, 0);
+static SOCKETS: HashMap<u64, Socket> = HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
 
 /// Sockets closed lately: a socket aborted with a reset (SO_LINGER 0, unread data) sends
 /// it after closing. Forgotten when the address is reused by a new socket.
@@ -76,10 +78,19 @@ fn send_at(ts_ns: u64, kind: u32, socket: &Socket, skaddr: u64, extra: u64) {
     send_for(socket.target, kind, ts_ns, skaddr, u64::from(socket.direction) | extra, |_| 0);
 }
 
-/// A counted socket: not one whose ownership is still unconfirmed.
-fn counted(skaddr: u64) -> Option<*mut Socket> {
-    // SAFETY: a live map value, only read here.
-    SOCKETS.get_ptr_mut(skaddr).filter(|socket| unsafe { (**socket).state } != UNCONFIRMED)
+/// The target's socket at `skaddr`, counted from now on if it was not yet: an accepted
+/// socket nobody has read before it is reset, times out or closes is the target's by
+/// its port, the only thing left to go by.
+fn owned(skaddr: u64) -> Option<Socket> {
+    let socket = SOCKETS.get_ptr_mut(skaddr)?;
+    // SAFETY: a live map value (freed only after an RCU grace period).
+    unsafe {
+        if (*socket).state == UNCONFIRMED {
+            (*socket).state = OPEN;
+            send_at((*socket).established_ns, kind::TCP_OPEN, &*socket, skaddr, 0);
+        }
+        Some(*socket)
+    }
 }
 
 fn track(skaddr: u64, socket: &Socket) -> bool {
@@ -159,7 +170,11 @@ pub fn mcp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
         (TCP_LISTEN, TCP_SYN_RECV) => forget_earlier(skaddr),
         // close() or shutdown() of a socket, in the closing process's context: like a
         // read, it tells whose an unconfirmed socket is.
-        (TCP_ESTABLISHED | TCP_SYN_RECV, TCP_FIN_WAIT1) | (TCP_CLOSE_WAIT, TCP_LAST_ACK) => claim(skaddr),
+        // (A process of no target closing proves nothing: a target's exiting process has
+        // left its tree before its files close.)
+        (TCP_ESTABLISHED | TCP_SYN_RECV, TCP_FIN_WAIT1) | (TCP_CLOSE_WAIT, TCP_LAST_ACK) => {
+            claim(skaddr, false)
+        }
         (TCP_SYN_SENT, TCP_ESTABLISHED) => {
             if let Some(socket) = SOCKETS.get_ptr_mut(skaddr) {
                 // SAFETY: a live map value.
@@ -189,14 +204,8 @@ pub fn mcp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
             }
         }
         (_, TCP_CLOSE) => {
-            // SAFETY: a copy is taken at once.
-            let Some(socket) = (unsafe { SOCKETS.get(skaddr) }).copied() else { return 0 };
+            let Some(socket) = owned(skaddr) else { return 0 };
             let _ = SOCKETS.remove(skaddr);
-            // Never read, never closed by a process: nobody's we can name (a close
-            // here may run in softirq on top of any process).
-            if socket.state == UNCONFIRMED {
-                return 0;
-            }
             if socket.state == OPEN {
                 send_socket(kind::TCP_CLOSE, &socket, skaddr, 0);
                 let _ = CLOSED.insert(skaddr, socket, 0);
@@ -260,32 +269,36 @@ pub fn mcp_sock_recv_length(ctx: TracePointContext) -> u32 {
         return 0;
     }
     if let Some(skaddr) = field::<u64>(&ctx, layout.recv_sk) {
-        claim(skaddr);
+        claim(skaddr, true);
     }
     0
 }
 
 /// The current process reads or closes the socket at `skaddr`: if its ownership was
 /// unconfirmed, it is now that process's target's (which, when two targets listen on
-/// the same port in two namespaces, the port could not say), or nobody's.
-fn claim(skaddr: u64) {
+/// the same port in two namespaces, the port could not say), or, when a process of no
+/// target reads it and `foreign_disowns`, nobody's. The reader's
+/// tracepoint runs after the socket lock is released, so a close on another CPU may
+/// count the socket at the same time: the agent drops the second open of one handshake.
+fn claim(skaddr: u64, foreign_disowns: bool) {
     let Some(socket) = SOCKETS.get_ptr_mut(skaddr) else { return };
-    // SAFETY: a live map value.
-    let mut copy = unsafe { *socket };
-    if copy.state != UNCONFIRMED {
-        return;
-    }
-    match tree::current() {
-        Some(me) => {
-            copy.target = me.root;
-            copy.state = OPEN;
-            // SAFETY: as above.
-            unsafe { *socket = copy };
-            send_at(copy.established_ns, kind::TCP_OPEN, &copy, skaddr, 0);
+    // SAFETY: a live map value (freed only after an RCU grace period); only the fields
+    // that change are written.
+    unsafe {
+        if (*socket).state != UNCONFIRMED {
+            return;
         }
-        // Another namespace's server on the same port.
-        None => {
-            let _ = SOCKETS.remove(skaddr);
+        match tree::current() {
+            Some(me) => {
+                (*socket).target = me.root;
+                (*socket).state = OPEN;
+                send_at((*socket).established_ns, kind::TCP_OPEN, &*socket, skaddr, 0);
+            }
+            // Another namespace's server on the same port.
+            None if foreign_disowns => {
+                let _ = SOCKETS.remove(skaddr);
+            }
+            None => {}
         }
     }
 }
@@ -294,17 +307,15 @@ fn claim(skaddr: u64) {
 pub fn mcp_tcp_send_reset(ctx: TracePointContext) -> u32 {
     let layout = layout();
     let Some(skaddr) = field::<u64>(&ctx, layout.send_reset_skaddr) else { return 0 };
-    if let Some(socket) = counted(skaddr) {
+    if let Some(mut socket) = owned(skaddr) {
         let keepalive = layout.keepalive_timeout_reason != ABSENT
             && layout.send_reset_reason != ABSENT
             && field::<u32>(&ctx, layout.send_reset_reason) == Some(layout.keepalive_timeout_reason);
-        // SAFETY: a live map value.
-        let socket = unsafe {
-            if keepalive {
-                (*socket).keepalive_timeout = 1;
-            }
-            *socket
-        };
+        if keepalive && let Some(entry) = SOCKETS.get_ptr_mut(skaddr) {
+            socket.keepalive_timeout = 1;
+            // SAFETY: a live map value.
+            unsafe { (*entry).keepalive_timeout = 1 };
+        }
         send_socket(kind::TCP_RESET, &socket, skaddr, 0);
         if keepalive {
             send_socket(kind::TCP_TIMEOUT, &socket, skaddr, timeout::KEEPALIVE << 32);
@@ -333,12 +344,11 @@ pub fn mcp_tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Sends `kind` if the socket at field `offset` is a target's, and counted.
+/// Sends `kind` if the socket at field `offset` is a target's.
 #[inline(always)]
 fn on_socket(ctx: &TracePointContext, offset: u32, kind: u32) {
     let Some(skaddr) = field::<u64>(ctx, offset) else { return };
-    if let Some(socket) = counted(skaddr) {
-        // SAFETY: a live map value.
-        send_socket(kind, &unsafe { *socket }, skaddr, 0);
+    if let Some(socket) = owned(skaddr) {
+        send_socket(kind, &socket, skaddr, 0);
     }
 }

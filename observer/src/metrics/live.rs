@@ -28,11 +28,14 @@ impl Live {
         self.open.lock().expect("open spans lock")
     }
 
-    /// The event's id opened, under `label`.
-    pub fn open(&self, ev: &ProbeEvent, label: &str) {
-        if self.spans().open(ev.header.tgid, ev.id, label.to_string(), ev.header.ts_ns) {
+    /// The event's id opened, under `label`; false if it was already open (or closed:
+    /// its open came twice).
+    pub fn open(&self, ev: &ProbeEvent, label: &str) -> bool {
+        let opened = self.spans().open(ev.header.tgid, ev.id, label.to_string(), ev.header.ts_ns);
+        if opened {
             self.count.with_label_values(&[label]).inc();
         }
+        opened
     }
 
     /// The event's id closed: its duration goes under the label it opened with.

@@ -89,8 +89,9 @@ impl Tcp {
         let direction = name(names::DIRECTION, "direction", low_u32(ev.value))?;
         match ev.header.kind {
             kind::TCP_OPEN => {
-                self.opened.with_label_values(&[direction]).inc();
-                self.live.open(ev, direction);
+                if self.live.open(ev, direction) {
+                    self.opened.with_label_values(&[direction]).inc();
+                }
             }
             kind::TCP_CLOSE => {
                 self.closed.with_label_values(&[direction]).inc();
