@@ -27,7 +27,10 @@ use axum::{
 use mcp_probes::{AuthFailure, RequestLabels, SessionCloseReason, Status};
 use serde_json::Value;
 use socket2::{SockRef, TcpKeepalive};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::Notify,
+};
 
 use crate::{dispatch::Outcome, jsonrpc, pool::Pool, reaper::Reaper, sessions::Sessions};
 
@@ -79,6 +82,10 @@ pub struct Args {
     /// tests provoke a real keepalive timeout.
     #[arg(long, default_value_t = 0)]
     tcp_keepalive_secs: u64,
+    /// Start the idle reaper at the first request instead of at start-up, so that an
+    /// observer attached before that request sees every pass the proxy reports.
+    #[arg(long)]
+    reaper_after_first_request: bool,
 }
 
 pub struct Proxy {
@@ -87,6 +94,8 @@ pub struct Proxy {
     pub call_timeout: Duration,
     request_timeout: Option<Duration>,
     next_request: AtomicU64,
+    /// Told of every request (see `--reaper-after-first-request`).
+    first_request: Arc<Notify>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -101,6 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         request_timeout: (args.request_timeout_ms > 0)
             .then(|| Duration::from_millis(args.request_timeout_ms)),
         next_request: AtomicU64::new(1),
+        first_request: Arc::new(Notify::new()),
     });
     // Before the banner: a test may signal as soon as it reads it.
     let stop = stop_signal()?;
@@ -110,6 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         every: Duration::from_millis(args.reaper_interval_ms),
         backend_idle: Duration::from_millis(args.idle_timeout_ms),
         session_idle: (args.session_idle_ms > 0).then(|| Duration::from_millis(args.session_idle_ms)),
+        after: args.reaper_after_first_request.then(|| proxy.first_request.clone()),
     }
     .spawn(pool.clone(), sessions.clone(), reaper_stopped);
 
@@ -156,6 +167,7 @@ fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
 }
 
 async fn handle(State(proxy): State<Arc<Proxy>>, headers: HeaderMap, body: Bytes) -> Response {
+    proxy.first_request.notify_one();
     if let Some(session) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
         proxy.sessions.touch(session);
     }

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use tokio::{
-    sync::oneshot,
+    sync::{Notify, oneshot},
     task::JoinHandle,
     time::{Instant, MissedTickBehavior},
 };
@@ -16,6 +16,8 @@ pub struct Reaper {
     pub backend_idle: Duration,
     /// `None`: sessions never expire.
     pub session_idle: Option<Duration>,
+    /// Start only once this is notified.
+    pub after: Option<Arc<Notify>>,
 }
 
 impl Reaper {
@@ -27,6 +29,12 @@ impl Reaper {
         mut stop: oneshot::Receiver<()>,
     ) -> JoinHandle<u64> {
         tokio::spawn(async move {
+            if let Some(start) = &self.after {
+                tokio::select! {
+                    _ = &mut stop => return 0,
+                    () = start.notified() => {}
+                }
+            }
             let mut ticks = tokio::time::interval_at(Instant::now() + self.every, self.every);
             ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
             let mut runs = 0;

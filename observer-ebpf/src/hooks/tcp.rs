@@ -190,7 +190,7 @@ pub fn mcp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
             // SAFETY: a copy is taken at once.
             if let Some(listener) = unsafe { LISTENING.get(listening) }.copied() {
                 // Without the read hook, the port must do.
-                let confirmable = layout.recv_sk != ABSENT;
+                let confirmable = layout.recv_sk != ABSENT && layout.recv_protocol != ABSENT;
                 let socket = Socket {
                     target: listener.target,
                     direction: direction::INBOUND as u32,

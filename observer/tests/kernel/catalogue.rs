@@ -75,6 +75,8 @@ fn the_backend_pool_matches_the_pool_scenario() {
             IDLE_MS,
             "--reaper-interval-ms",
             "100",
+            // Every pass after the observer attached, so that the proxy's count is the truth.
+            "--reaper-after-first-request",
             "--connect-delay-ms",
             "150",
         ],
