@@ -27,6 +27,11 @@ use crate::{
     tree::{self, Snapshot},
 };
 
+/// `BPF_NOEXIST` refused the insert: the key is there already.
+fn already_present(error: &MapError) -> bool {
+    matches!(error, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EEXIST))
+}
+
 /// Passes over /proc when a target is tracked, at most (see `Loaded::track`).
 const SNAPSHOT_PASSES: usize = 4;
 
@@ -160,7 +165,7 @@ impl Loaded {
                         let _ = tracked.remove(&descendant);
                     }
                     // Added by the fork hook since `track`: its events tell the rest.
-                    Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(error) if already_present(&error) => {}
                     Err(error) => log::warn!("pid {pid}: descendant {descendant} not tracked: {error}"),
                 }
             }
@@ -176,7 +181,7 @@ impl Loaded {
             // Never over one the listen hook added since `track`.
             match listening.insert(listening_key(l.family, l.port), listener, BPF_NOEXIST) {
                 Ok(()) => {}
-                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(error) if already_present(&error) => {}
                 Err(error) => return Err(failed(error)),
             }
         }

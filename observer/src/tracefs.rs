@@ -55,7 +55,11 @@ pub const HOOKS: &[Hook] = &[
 
 /// Whether this kernel has the tracepoint.
 pub fn exists(tracefs: &Path, hook: &Hook) -> bool {
-    tracefs.join("events").join(hook.category).join(hook.name).is_dir()
+    has_tracepoint(tracefs, hook.category, hook.name)
+}
+
+fn has_tracepoint(tracefs: &Path, category: &str, name: &str) -> bool {
+    tracefs.join("events").join(category).join(name).is_dir()
 }
 
 /// The tracefs mount, mounting it first when it is absent (tracepoints are attached by
@@ -171,8 +175,11 @@ pub fn layout(tracefs: &Path) -> Result<Layout, ObserveError> {
     let exit = format("sched", "sched_process_exit")?;
     // Optional tracepoints: an empty format gives every field ABSENT.
     let optional = |category, name| {
-        let present = tracefs.join("events").join(category).join(name).is_dir();
-        if present { format(category, name) } else { Ok(Format::parse(&format!("{category}:{name}"), "")) }
+        if has_tracepoint(tracefs, category, name) {
+            format(category, name)
+        } else {
+            Ok(Format::parse(&format!("{category}:{name}"), ""))
+        }
     };
     let error = optional("sock", "inet_sk_error_report")?;
     let exit_group = optional("syscalls", "sys_enter_exit_group")?;

@@ -49,9 +49,8 @@ pub fn snapshot(root: u32) -> Snapshot {
 pub fn is_alive(pid: u32) -> bool {
     const PF_EXITING: u64 = 0x4;
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // After the command name (which may hold spaces and parentheses): state, ppid,
-        // pgrp, session, tty, tpgid, flags.
-        let mut fields = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace()).into_iter().flatten();
+        // State, ppid, pgrp, session, tty, tpgid, flags.
+        let mut fields = stat_fields(&stat);
         let state = fields.next();
         let flags = fields.nth(5).and_then(|f| f.parse::<u64>().ok());
         state.is_some_and(|s| s != "Z" && s != "X") && flags.is_some_and(|f| f & PF_EXITING == 0)
@@ -67,10 +66,15 @@ fn processes() -> Vec<(u32, u32)> {
         .collect()
 }
 
-/// The parent pid in a `/proc/PID/stat` line (after the command name, which may hold
-/// spaces and parentheses, and the state).
+/// The parent pid in a `/proc/PID/stat` line.
 fn parent_of(stat: &str) -> Option<u32> {
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    stat_fields(stat).nth(1)?.parse().ok()
+}
+
+/// The fields of a `/proc/PID/stat` line from the state on: after the command name,
+/// which may hold spaces and parentheses.
+fn stat_fields(stat: &str) -> impl Iterator<Item = &str> {
+    stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace()).into_iter().flatten()
 }
 
 /// The file name of what `pid` runs, or its command name when that is unreadable.

@@ -175,8 +175,9 @@ impl Metrics {
         self.observer.bad_user_pointers.inc_by(delta(counter::BAD_USER_POINTER));
         self.observer.in_flight_full.inc_by(delta(counter::IN_FLIGHT_FULL));
         self.observer.duplicate_starts.inc_by(delta(counter::DUPLICATE_START));
-        self.observer.map_full.with_label_values(&["tracked"]).inc_by(delta(counter::TRACKED_FULL));
-        self.observer.map_full.with_label_values(&["sockets"]).inc_by(delta(counter::SOCKETS_FULL));
+        for (index, map) in observer::FULL_MAPS {
+            self.observer.map_full.with_label_values(&[map]).inc_by(delta(index));
+        }
         self.requests.set_in_flight(
             totals[counter::REQUESTS_STARTED as usize],
             totals[counter::REQUESTS_FINISHED as usize],

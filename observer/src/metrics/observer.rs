@@ -1,10 +1,14 @@
 //! The observer's own health: events received and lost, attachment, decoding, labels,
 //! and the defects of the observed proxy that it counts instead of trusting.
 
-use observer_common::kind;
+use observer_common::{counter, kind};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 
 use super::{counter_vec, register};
+
+/// The kernel counters of maps that were full, with their `map` label.
+pub const FULL_MAPS: [(u32, &str); 2] =
+    [(counter::TRACKED_FULL, "tracked"), (counter::SOCKETS_FULL, "sockets")];
 
 pub struct ObserverMetrics {
     pub events: IntCounterVec,
@@ -106,7 +110,7 @@ impl ObserverMetrics {
             metrics.events.with_label_values(&[name]);
             metrics.events_lost.with_label_values(&[name]);
         }
-        for map in ["tracked", "sockets"] {
+        for (_, map) in FULL_MAPS {
             metrics.map_full.with_label_values(&[map]);
         }
         metrics

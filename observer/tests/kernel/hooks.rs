@@ -181,6 +181,8 @@ struct Netns {
 impl Netns {
     fn new(purpose: &str) -> Netns {
         let name = format!("mcp-observe-{purpose}-{}", std::process::id());
+        let status = Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns add");
+        assert!(status.success(), "ip netns add {name}");
         let netns = Netns { name };
         netns.run(&["ip", "link", "set", "lo", "up"]);
         netns
@@ -194,11 +196,6 @@ impl Netns {
     }
 
     fn run(&self, argv: &[&str]) {
-        if !std::path::Path::new("/run/netns").join(&self.name).exists() {
-            let status =
-                Command::new("ip").args(["netns", "add", &self.name]).status().expect("ip netns add");
-            assert!(status.success(), "ip netns add {}", self.name);
-        }
         let output = self.command(argv[0]).args(&argv[1..]).output().expect("run in the namespace");
         assert!(output.status.success(), "{argv:?}: {}", String::from_utf8_lossy(&output.stderr));
     }
