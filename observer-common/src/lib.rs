@@ -16,6 +16,9 @@ pub const IN_FLIGHT_MAP: &str = "IN_FLIGHT";
 pub const WAKEUP_THRESHOLD_GLOBAL: &str = "WAKEUP_THRESHOLD";
 /// Global set by the agent: the tracepoint field offsets ([`Layout`]).
 pub const LAYOUT_GLOBAL: &str = "LAYOUT";
+/// Global set to 1 by the node-wide agent: every exec outside the targets' trees is sent
+/// as [`kind::PROCESS_EXEC`], so that new proxies are found.
+pub const DISCOVER_GLOBAL: &str = "DISCOVER";
 /// The targets' process trees (key tgid, value [`Tracked`]).
 pub const TRACKED_MAP: &str = "TRACKED";
 /// What the targets listen on (key [`listening_key`], value [`Listener`]).
@@ -48,8 +51,13 @@ pub mod kind {
     pub const CHILD_FORK: u32 = 19;
     pub const CHILD_EXEC: u32 = 20;
     pub const CHILD_EXIT: u32 = 21;
+    // Discovery (agent mode): `tgid` is the process's own.
+    /// A process outside every target's tree, or a target itself, executed a program.
+    pub const PROCESS_EXEC: u32 = 22;
+    /// A target process exited.
+    pub const TARGET_EXIT: u32 = 23;
     /// One past the last kind.
-    pub const END: u32 = 22;
+    pub const END: u32 = 24;
 
     /// The `kind` label of each event kind, indexed by kind (0 is unused).
     pub const NAMES: [&str; END as usize] = [
@@ -75,6 +83,8 @@ pub mod kind {
         "child_fork",
         "child_exec",
         "child_exit",
+        "process_exec",
+        "target_exit",
     ];
 }
 
@@ -84,19 +94,15 @@ pub mod counter {
     pub const BAD_USER_POINTER: u32 = 0;
     /// A request start could not be recorded because the in-flight map was full.
     pub const IN_FLIGHT_FULL: u32 = 1;
-    /// Requests whose start was recorded.
-    pub const REQUESTS_STARTED: u32 = 2;
-    /// Requests whose end matched a recorded start.
-    pub const REQUESTS_FINISHED: u32 = 3;
     /// A request start reused the id of a request still in flight (a proxy bug); the
     /// first start is kept.
-    pub const DUPLICATE_START: u32 = 4;
+    pub const DUPLICATE_START: u32 = 2;
     /// A new process of a target's tree could not be tracked: `TRACKED` was full.
-    pub const TRACKED_FULL: u32 = 5;
+    pub const TRACKED_FULL: u32 = 3;
     /// A target's connection could not be tracked: the socket map was full.
-    pub const SOCKETS_FULL: u32 = 6;
+    pub const SOCKETS_FULL: u32 = 4;
     /// Events of kind `k` that found the ring buffer full are counted at `LOST_BASE + k`.
-    pub const LOST_BASE: u32 = 7;
+    pub const LOST_BASE: u32 = 5;
     /// Number of counters.
     pub const COUNT: u32 = LOST_BASE + super::kind::END;
 }
@@ -214,9 +220,14 @@ pub struct Tracked {
     pub exit_status: u32,
     /// `TRACKED_*` bits.
     pub flags: u32,
+    /// For a target itself, the id of its executable's uprobes (their attach cookie): a
+    /// file seen through two overlay mounts is one inode with two sets of uprobes, and
+    /// each target counts the hits of its own set only. 0 for the others.
+    pub binary: u32,
 }
 /// [`Tracked::flags`]: the process called `exit_group`.
 pub const TRACKED_EXITING: u32 = 1;
+const _: () = assert!(core::mem::size_of::<Tracked>() == 20);
 
 /// A listening socket of a target.
 #[repr(C)]

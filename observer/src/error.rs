@@ -12,6 +12,14 @@ pub enum ObserveError {
     #[error("cannot read /proc/{pid}/exe: {source}; run mcp-observe as root or grant it CAP_SYS_PTRACE")]
     ExeUnreadable { pid: u32, source: io::Error },
 
+    #[error("--proc {}: no process 1 there, so it is not a procfs; give the host's /proc (mounted with hostPID: true at /proc)", path.display())]
+    NotProc { path: PathBuf },
+
+    #[error(
+        "pid {pid} belongs to the process tree of pid {root}, which is observed already: pass only --pid {root}"
+    )]
+    InTree { pid: u32, root: u32 },
+
     #[error("pid {pid} has no executable (a kernel thread, or a process exiting): pass the pid of the proxy")]
     NoExecutable { pid: u32 },
 
@@ -27,10 +35,18 @@ pub enum ObserveError {
     #[error("{} (pid {pid}) lacks the probe {probe} of ABI v1: rebuild the proxy against the current mcp-probes crate", path.display())]
     MissingProbe { pid: u32, path: PathBuf, probe: &'static str },
 
+    #[error("{} (pid {pid}): mcp_probe_{probe} at file offset {offset:#x} does not begin with the NOP of probe ABI v1, so no uprobe is placed there: rebuild the proxy against the mcp-probes crate", path.display())]
+    NotAProbe { pid: u32, path: PathBuf, probe: String, offset: u64 },
+
     #[error(
-        "missing capability {cap}: run mcp-observe as root, or grant it CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE"
+        "missing capability {cap}: run mcp-observe as root, or grant it CAP_BPF and CAP_PERFMON (the node-wide agent also CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)"
     )]
     MissingCapability { cap: &'static str },
+
+    #[error(
+        "missing capability CAP_SYS_ADMIN: this kernel creates uprobes for CAP_SYS_ADMIN only (CAP_PERFMON was enough before a 2025 security fix); grant it, or add --kernel-only for the TCP and child-process metrics alone"
+    )]
+    UprobesNeedSysAdmin,
 
     #[error("this kernel has no uprobe support ({} is absent): use a kernel built with CONFIG_UPROBE_EVENTS=y", path.display())]
     NoUprobes { path: PathBuf },
@@ -67,6 +83,9 @@ pub enum ObserveError {
 
     #[error("cannot listen on {addr}: {source}; pick a free address with --listen")]
     Listen { addr: SocketAddr, source: io::Error },
+
+    #[error("{what}; detached everything. Restart mcp-observe, and report this with its log")]
+    Stopped { what: String },
 
     #[error(
         "--ring-buffer-bytes {bytes} is invalid: it must be a power of two and a multiple of the page size ({page}), e.g. 262144"

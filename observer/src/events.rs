@@ -4,13 +4,19 @@
 //! the reader drains on a short timer, and on readiness when the kernel forces a wakeup
 //! because the buffer is filling up.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        mpsc::{SyncSender, TrySendError},
+    },
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
 use observer_common::{CAPS, EventHeader, ProbeEvent, field, kind};
 use tokio::io::unix::AsyncFd;
 
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, targets::Lifecycle};
 
 /// Label values of the ABI's enumerations, indexed by their numeric values.
 pub mod names {
@@ -84,9 +90,11 @@ pub fn string(event: &ProbeEvent, slot: usize) -> &[u8] {
 }
 
 /// Drains `ring` into `metrics` forever: every `interval`, and whenever the kernel wakes us.
+/// Process execs and target exits also go to `lifecycle`.
 pub async fn drain_forever(
     ring: RingBuf<MapData>,
     metrics: Arc<Metrics>,
+    lifecycle: SyncSender<Option<Lifecycle>>,
     interval: Duration,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it open until it is dropped,
@@ -98,19 +106,33 @@ pub async fn drain_forever(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &metrics);
+                drain(guard.get_inner_mut(), &metrics, &lifecycle);
                 guard.clear_ready();
             }
-            _ = ticker.tick() => drain(ring.get_mut(), &metrics),
+            _ = ticker.tick() => drain(ring.get_mut(), &metrics, &lifecycle),
         }
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, metrics: &Metrics) {
+fn drain(ring: &mut RingBuf<MapData>, metrics: &Metrics, lifecycle: &SyncSender<Option<Lifecycle>>) {
     let start = crate::maps::monotonic_ns();
     while let Some(item) = ring.next() {
         match decode(&item) {
-            Ok(event) => metrics.record(&event),
+            Ok(event) => {
+                metrics.record(&event);
+                let (pid, ns) = (event.header.tgid, event.header.ts_ns);
+                let told = match event.header.kind {
+                    kind::PROCESS_EXEC => Some(Lifecycle::Exec { pid, ns }),
+                    kind::TARGET_EXIT => Some(Lifecycle::Exit { pid, ns }),
+                    _ => None,
+                };
+                // Full: the targets' periodic checks of /proc catch up.
+                if let Some(told) = told
+                    && let Err(TrySendError::Full(_)) = lifecycle.try_send(Some(told))
+                {
+                    log::warn!("lifecycle queue full: {told:?} left to the next scan of /proc");
+                }
+            }
             Err(error) => metrics.decode_error(&error),
         }
     }

@@ -18,28 +18,22 @@ use crate::{maps::KernelMaps, metrics::Metrics};
 pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub kernel: Mutex<KernelMaps>,
-    /// Every probe of every live target is attached.
+    /// `--pid`: every probe of every target is attached and no target has exited.
+    /// Node-wide: the first scan of /proc is done.
     pub ready: AtomicBool,
 }
 
 impl AppState {
     /// Folds the kernel maps into the metrics, after forgetting the processes in `exited`.
-    /// On a blocking thread: walking a full in-flight map takes syscalls per entry, and
-    /// the ring-buffer reader must not wait for it.
-    pub async fn refresh(self: &Arc<Self>, exited: Vec<u32>) {
-        let state = self.clone();
-        let refreshed = tokio::task::spawn_blocking(move || {
-            let mut kernel = state.kernel.lock().expect("kernel maps lock");
-            for pid in exited {
-                kernel.forget_process(pid, &state.metrics);
-                state.metrics.forget_process(pid);
-            }
-            kernel.refresh(&state.metrics);
-            state.metrics.tick();
-        });
-        if let Err(error) = refreshed.await {
-            log::error!("refreshing the kernel maps failed: {error}");
+    /// Blocking: walking a full in-flight map takes syscalls per entry.
+    pub fn refresh(&self, exited: &[u32]) {
+        let mut kernel = self.kernel.lock().expect("kernel maps lock");
+        for &pid in exited {
+            kernel.forget_process(pid, &self.metrics);
+            self.metrics.forget_process(pid);
         }
+        kernel.refresh(&self.metrics);
+        self.metrics.tick();
     }
 }
 
@@ -52,7 +46,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    state.refresh(Vec::new()).await;
+    // Off the runtime's thread: the ring-buffer reader must not wait for it.
+    let refreshing = state.clone();
+    if let Err(error) = tokio::task::spawn_blocking(move || refreshing.refresh(&[])).await {
+        log::error!("refreshing the kernel maps failed: {error}");
+    }
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], state.metrics.encode())
 }
 

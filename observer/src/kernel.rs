@@ -8,6 +8,8 @@ use crate::error::ObserveError;
 const UPROBE_PMU: &str = "/sys/bus/event_source/devices/uprobe/type";
 
 // Capability numbers from linux/capability.h.
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -32,10 +34,16 @@ pub fn features() -> Features {
     }
 }
 
-/// Fails with the first missing capability that loading and attaching programs needs.
-pub fn require_capabilities() -> Result<(), ObserveError> {
+/// Fails with the first missing capability: to create uprobes (unless `kernel_only`), to
+/// load and attach programs, and node-wide to read other users' processes in /proc
+/// (following their `exe` and `fd` links takes CAP_SYS_PTRACE, listing their `fd`
+/// directory, mode 0500 and theirs, CAP_DAC_READ_SEARCH).
+pub fn require_capabilities(kernel_only: bool, node_wide: bool) -> Result<(), ObserveError> {
     let caps = effective_capabilities();
     let has = |cap: u32| caps & (1u64 << cap) != 0;
+    if !has(CAP_SYS_ADMIN) && !kernel_only && !may_create_uprobes() {
+        return Err(ObserveError::UprobesNeedSysAdmin);
+    }
     if !has(CAP_SYS_ADMIN) {
         if !has(CAP_BPF) {
             return Err(ObserveError::MissingCapability { cap: "CAP_BPF" });
@@ -44,7 +52,66 @@ pub fn require_capabilities() -> Result<(), ObserveError> {
             return Err(ObserveError::MissingCapability { cap: "CAP_PERFMON" });
         }
     }
+    if node_wide {
+        for (cap, name) in [(CAP_SYS_PTRACE, "CAP_SYS_PTRACE"), (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH")]
+        {
+            if !has(cap) {
+                return Err(ObserveError::MissingCapability { cap: name });
+            }
+        }
+    }
     Ok(())
+}
+
+/// `perf_event_attr.exclude_kernel` (bit 5 of the flags word).
+const EXCLUDE_KERNEL: u64 = 1 << 5;
+
+/// The first fields of `struct perf_event_attr` (`PERF_ATTR_SIZE_VER1`): enough for a
+/// uprobe, whose path and offset are `config1` and `config2`.
+#[repr(C)]
+struct UprobeAttr {
+    kind: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    flags: u64,
+    wakeup_events: u32,
+    bp_type: u32,
+    config1: u64,
+    config2: u64,
+}
+
+/// Whether this kernel lets us create uprobes. Linux 5.8 opened them to CAP_PERFMON; a
+/// 2025 security fix gave them back to CAP_SYS_ADMIN alone. Asked with a uprobe past the
+/// end of our own executable, for our own process and user space only (which perf allows
+/// anyone): refused (EACCES) before anything is made, or rejected as out of range.
+fn may_create_uprobes() -> bool {
+    let Ok(kind) = std::fs::read_to_string(UPROBE_PMU).map(|t| t.trim().parse::<u32>()) else { return true };
+    let Ok(kind) = kind else { return true };
+    let path = c"/proc/self/exe";
+    let attr = UprobeAttr {
+        kind,
+        size: size_of::<UprobeAttr>() as u32,
+        config: 0,
+        sample_period: 0,
+        sample_type: 0,
+        read_format: 0,
+        flags: EXCLUDE_KERNEL,
+        wakeup_events: 0,
+        bp_type: 0,
+        config1: path.as_ptr() as u64,
+        config2: u64::MAX >> 1,
+    };
+    // SAFETY: `attr` and the path it points to outlive the call; a returned fd is closed.
+    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, &raw const attr, 0, -1, -1, 0) };
+    if fd >= 0 {
+        // SAFETY: the fd was just opened by us.
+        unsafe { libc::close(fd as i32) };
+        return true;
+    }
+    std::io::Error::last_os_error().raw_os_error() != Some(libc::EACCES)
 }
 
 /// Fails when the kernel cannot attach uprobes.

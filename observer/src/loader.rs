@@ -1,42 +1,27 @@
-//! Loads the embedded eBPF object, attaches its uprobes to the target processes and its
-//! kernel hooks to their tracepoints, and registers each target's process tree.
+//! Loads the embedded eBPF object, attaches its uprobes to the executables of the
+//! targets and its kernel hooks to their tracepoints.
 
-use std::{
-    num::NonZeroU32,
-    path::{Path, PathBuf},
-};
+use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         TracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
 };
 use observer_common::{
-    COUNTERS_MAP, EVENTS_MAP, IN_FLIGHT_MAP, LAYOUT_GLOBAL, LISTENING_MAP, Layout, Listener, SOCKETS_MAP,
-    TRACKED_MAP, Tracked, WAKEUP_THRESHOLD_GLOBAL, listening_key,
+    COUNTERS_MAP, DISCOVER_GLOBAL, EVENTS_MAP, IN_FLIGHT_MAP, LAYOUT_GLOBAL, LISTENING_MAP, Layout,
+    SOCKETS_MAP, TRACKED_MAP, WAKEUP_THRESHOLD_GLOBAL,
 };
 
 use crate::{
     error::ObserveError,
     maps::KernelMaps,
-    probes::{CATALOGUE, ProbeTable},
+    probes::{CATALOGUE, Executable, ProbeTable},
     tracefs::{self, HOOKS, Hook},
-    tree::{self, Snapshot},
 };
-
-/// `BPF_NOEXIST` refused the insert: the key is there already.
-fn already_present(error: &MapError) -> bool {
-    matches!(error, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EEXIST))
-}
-
-/// Passes over /proc when a target is tracked, at most (see `Loaded::track`).
-const SNAPSHOT_PASSES: usize = 4;
-
-/// `bpf_map_update_elem` flag: only add, never overwrite.
-const BPF_NOEXIST: u64 = 1;
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
@@ -64,13 +49,12 @@ impl RingConfig {
     }
 }
 
-/// One attached probe, for `--check` and the logs.
+/// One probe attached to one executable file; detached when dropped (which waits for
+/// the kernel: about 0.1 s per uprobe here).
 #[derive(Debug)]
-pub struct Attached {
-    pub pid: u32,
+pub struct ProbeLink {
     pub probe: &'static str,
-    pub path: PathBuf,
-    pub file_offset: u64,
+    _link: UProbeLink,
 }
 
 /// The loaded programs; dropping it detaches every probe.
@@ -80,11 +64,13 @@ pub struct Loaded {
 
 impl Loaded {
     /// Loads every program; the kernel hooks read their tracepoints' fields at `layout`.
-    pub fn load(ring: RingConfig, layout: &Layout) -> Result<Self, ObserveError> {
+    /// `discover`: the kernel reports every exec outside the targets' trees.
+    pub fn load(ring: RingConfig, layout: &Layout, discover: bool) -> Result<Self, ObserveError> {
         let threshold = ring.wakeup_threshold();
         let mut ebpf = EbpfLoader::new()
             .override_global(WAKEUP_THRESHOLD_GLOBAL, &threshold, true)
             .override_global(LAYOUT_GLOBAL, layout, true)
+            .override_global(DISCOVER_GLOBAL, &u32::from(discover), true)
             .map_max_entries(EVENTS_MAP, ring.bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| ObserveError::Load(Box::new(e)))?;
@@ -110,7 +96,7 @@ impl Loaded {
 
     /// Attaches every kernel hook this kernel has tracepoints for (an optional one may be
     /// missing) and returns them. They act on tracked processes only, so they count
-    /// nothing until [`Self::track`] registers a target. The process tree's hooks come
+    /// nothing until [`KernelMaps::track`] registers a target. The process tree's hooks come
     /// first: a child forked while the others attach is already tracked.
     pub fn attach_hooks(&mut self, tracefs: &Path) -> Result<Vec<&'static Hook>, ObserveError> {
         let mut attached = Vec::new();
@@ -130,99 +116,47 @@ impl Loaded {
         Ok(attached)
     }
 
-    /// Registers target `pid` in the kernel, then what its tree already held as /proc
-    /// shows it after the registration, so that nothing falls between: the descendants
-    /// the fork hook has not added meanwhile, and the listening sockets. Returns what it
-    /// added (the children among them are running now, unknown to the hooks).
-    pub fn track(&mut self, pid: u32) -> Result<Snapshot, ObserveError> {
-        let failed = |source: MapError| ObserveError::Track { pid, source: Box::new(source) };
-        let root = Tracked { root: pid, child: 0, exit_status: 0, flags: 0 };
-        self.tracked().insert(pid, root, 0).map_err(failed)?;
-        let mut added = Snapshot::default();
-        // Again until a pass adds nothing: a descendant may fork before it is added.
-        for _ in 0..SNAPSHOT_PASSES {
-            let snapshot = tree::snapshot(pid);
-            let mut tracked = self.tracked();
-            let before = added.descendants.len();
-            for &(descendant, child) in &snapshot.descendants {
-                if added.descendants.iter().any(|&(d, _)| d == descendant) {
-                    continue;
-                }
-                match tracked.insert(
-                    descendant,
-                    Tracked { root: pid, child, exit_status: 0, flags: 0 },
-                    BPF_NOEXIST,
-                ) {
-                    Ok(()) if tree::is_alive(descendant) => {
-                        added.descendants.push((descendant, child));
-                        added
-                            .children
-                            .extend(snapshot.children.iter().filter(|(c, _)| *c == descendant).cloned());
-                    }
-                    // Exited before it was added (its exit hook found nothing to remove):
-                    // the entry must go, or an unrelated process reusing the pid would count.
-                    Ok(()) => {
-                        let _ = tracked.remove(&descendant);
-                    }
-                    // Added by the fork hook since `track`: its events tell the rest.
-                    Err(error) if already_present(&error) => {}
-                    Err(error) => log::warn!("pid {pid}: descendant {descendant} not tracked: {error}"),
-                }
-            }
-            added.listeners = snapshot.listeners;
-            if added.descendants.len() == before {
-                break;
-            }
-        }
-        let map = self.ebpf.map_mut(LISTENING_MAP).expect("eBPF object has the listening map");
-        let mut listening: HashMap<_, u32, Listener> = HashMap::try_from(map).map_err(failed)?;
-        for l in &added.listeners {
-            let listener = Listener { target: pid, owner: l.owner, skaddr: 0 };
-            // Never over one the listen hook added since `track`.
-            match listening.insert(listening_key(l.family, l.port), listener, BPF_NOEXIST) {
-                Ok(()) => {}
-                Err(error) if already_present(&error) => {}
-                Err(error) => return Err(failed(error)),
-            }
-        }
-        Ok(added)
-    }
-
-    fn tracked(&mut self) -> HashMap<&mut MapData, u32, Tracked> {
-        let map = self.ebpf.map_mut(TRACKED_MAP).expect("eBPF object has the process tree map");
-        HashMap::try_from(map).expect("the process tree map is a hash map of u32 to Tracked")
-    }
-
-    /// Attaches every catalogued probe that `table` has, for process `pid` only.
-    pub fn attach(&mut self, pid: u32, table: &ProbeTable) -> Result<Vec<Attached>, ObserveError> {
-        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(ObserveError::NoSuchProcess { pid })?);
-        // Through /proc/PID/exe the kernel resolves the very file the process runs, even
-        // inside another mount namespace.
-        let target = PathBuf::from(format!("/proc/{pid}/exe"));
-        let mut attached = Vec::new();
+    /// Attaches every catalogued probe that `table` has to `executable` (which `pid`
+    /// runs), for every process that runs it, with `cookie` as their attach cookie: the
+    /// eBPF programs count a hit only in a target whose [`observer_common::Tracked::binary`]
+    /// it is. Through the open file's `/proc/self/fd` path the kernel places them in the
+    /// very file the table was read from, even inside another mount namespace.
+    pub fn attach_binary(
+        &mut self,
+        pid: u32,
+        executable: &Executable,
+        table: &ProbeTable,
+        cookie: u32,
+    ) -> Result<Vec<ProbeLink>, ObserveError> {
+        let target = executable.fd_path();
+        let mut links = Vec::new();
         // Ends before starts (the catalogue lists starts first): a request, connection or
         // session that begins between two attaches must not be left open forever (an end
         // without a start is counted instead).
         for &(probe, program) in CATALOGUE.iter().rev() {
             // Probes the proxy never calls may have been discarded by its linker.
             let Some(site) = table.site(probe) else { continue };
-            let uprobe: &mut UProbe = self
-                .ebpf
-                .program_mut(program)
-                .expect("loaded above")
-                .try_into()
-                .expect("program is a uprobe");
-            uprobe.attach(UProbeAttachLocation::AbsoluteOffset(site.file_offset), &target, scope).map_err(
-                |source| ObserveError::Attach {
-                    probe,
-                    pid,
-                    path: table.path.clone(),
-                    source: Box::new(source),
-                },
-            )?;
-            attached.push(Attached { pid, probe, path: table.path.clone(), file_offset: site.file_offset });
+            let uprobe = self.uprobe(program);
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(site.file_offset),
+                cookie: Some(u64::from(cookie)),
+            };
+            let attached =
+                uprobe.attach(point, &target, UProbeScope::AllProcesses).and_then(|id| uprobe.take_link(id));
+            // On an error the links attached so far detach as they drop.
+            let link = attached.map_err(|source| ObserveError::Attach {
+                probe,
+                pid,
+                path: table.path.clone(),
+                source: Box::new(source),
+            })?;
+            links.push(ProbeLink { probe, _link: link });
         }
-        Ok(attached)
+        Ok(links)
+    }
+
+    fn uprobe(&mut self, program: &str) -> &mut UProbe {
+        self.ebpf.program_mut(program).expect("loaded above").try_into().expect("program is a uprobe")
     }
 
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, ObserveError> {

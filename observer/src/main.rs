@@ -12,39 +12,49 @@ mod maps;
 mod metrics;
 mod probes;
 mod spans;
+mod targets;
 mod tracefs;
 mod tree;
+mod workload;
 
 use std::{
     net::SocketAddr,
+    path::PathBuf,
     process::ExitCode,
     sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
-use clap::Parser;
+use aya::maps::{MapData, RingBuf};
+use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     error::ObserveError,
     http::AppState,
     labels::{IdentityMode, LabelConfig},
-    loader::{Attached, Loaded, RingConfig},
+    loader::{Loaded, RingConfig},
+    maps::monotonic_ns,
     metrics::Metrics,
-    probes::ProbeTable,
-    tree::Snapshot,
+    probes::{Executable, ProbeTable, Search},
+    targets::{Added, Targets},
 };
 
-/// Observe a probe-enabled MCP proxy from the outside and serve Prometheus metrics.
+/// Observe probe-enabled MCP proxies from the outside and serve Prometheus metrics: the
+/// `--pid`s given, or with `agent` every proxy on this node.
 #[derive(Debug, Parser)]
-#[command(name = "mcp-observe", version)]
+#[command(
+    name = "mcp-observe",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Process id of the proxy to observe (repeat for several proxies).
     #[arg(long = "pid", required = true, value_name = "PID")]
     pids: Vec<u32>,
-    /// Address to serve /metrics, /healthz and /readyz on.
-    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR")]
-    listen: SocketAddr,
     /// Attach, print what was found and attached, and exit (0 = every probe attached).
     #[arg(long)]
     check: bool,
@@ -52,6 +62,39 @@ struct Cli {
     /// proxy built without the probes.
     #[arg(long)]
     kernel_only: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Observe every probe-enabled MCP proxy on this node, as they start and exit (the
+    /// Kubernetes DaemonSet's mode): series are labelled by namespace, pod and container,
+    /// or by pid and exe outside Kubernetes.
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// The host's /proc (with `hostPID: true`, the pod's own /proc is the host's).
+    #[arg(long, default_value = "/proc", value_name = "PATH")]
+    proc: PathBuf,
+    /// kubelet's container log links, whose names give namespace, pod and container.
+    #[arg(long, default_value = "/var/log/containers", value_name = "DIR")]
+    container_logs: PathBuf,
+    /// Scan once, print the proxies found and what was attached, and exit.
+    #[arg(long)]
+    check: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Flags of both modes.
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// Address to serve /metrics, /healthz and /readyz on.
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR")]
+    listen: SocketAddr,
     /// Ring-buffer size in bytes (a power of two, at least 4096).
     #[arg(long, default_value_t = 256 * 1024, value_name = "BYTES")]
     ring_buffer_bytes: u32,
@@ -62,6 +105,10 @@ struct Cli {
     /// (the proxy dropped it without ending it). Keep it above the proxy's own timeout.
     #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     request_expiry_secs: u64,
+    /// Keep a workload's series this long after its last process exited: a container
+    /// restarted meanwhile continues its counters; then they are removed.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    retention_secs: u64,
     #[command(flatten)]
     labels: LabelArgs,
 }
@@ -118,7 +165,29 @@ impl LabelArgs {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    let result = if cli.check { check(&cli) } else { serve(&cli) };
+    let result = match &cli.command {
+        Some(Command::Agent(agent)) if !agent.proc.join("1/stat").is_file() => {
+            Err(ObserveError::NotProc { path: agent.proc.clone() })
+        }
+        Some(Command::Agent(agent)) => {
+            tree::set_proc_root(agent.proc.clone());
+            let sources = workload::Sources {
+                proc_root: agent.proc.clone(),
+                container_logs: agent.container_logs.clone(),
+                ..workload::Sources::default()
+            };
+            let mode = Mode { pids: None, kernel_only: false, sources };
+            if agent.check { check(&agent.common, &mode) } else { serve(&agent.common, mode) }
+        }
+        None => {
+            let mode = Mode {
+                pids: Some(unique_pids(&cli.pids)),
+                kernel_only: cli.kernel_only,
+                sources: Default::default(),
+            };
+            if cli.check { check(&cli.common, &mode) } else { serve(&cli.common, mode) }
+        }
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -128,56 +197,92 @@ fn main() -> ExitCode {
     }
 }
 
+/// Which processes are observed.
+struct Mode {
+    /// The `--pid`s; None: every proxy on the node.
+    pids: Option<Vec<u32>>,
+    kernel_only: bool,
+    sources: workload::Sources,
+}
+
 /// The pids in the order given, each once: attaching twice would count every request twice.
 fn unique_pids(pids: &[u32]) -> Vec<u32> {
     let mut seen = std::collections::HashSet::new();
     pids.iter().copied().filter(|pid| seen.insert(*pid)).collect()
 }
 
-/// The loaded programs and what they were attached to.
-struct Attachment {
-    loaded: Loaded,
-    /// Each target, with its probe table unless `--kernel-only`.
-    targets: Vec<(u32, Option<ProbeTable>)>,
-    attached: Vec<Attached>,
+/// Everything attached, ready to serve.
+struct Started {
+    targets: Targets,
+    state: Arc<AppState>,
+    ring: RingBuf<MapData>,
     hooks: Vec<&'static tracefs::Hook>,
-    /// What each target's tree already held when it was tracked.
-    snapshots: Vec<(u32, Snapshot)>,
     layout: observer_common::Layout,
+    /// Each `--pid` and what adding it found (empty in the node-wide mode).
+    added: Vec<(u32, Added)>,
 }
 
-/// Finds the probes of every target, attaches the kernel hooks, tracks the targets and
-/// attaches their probes.
-fn attach_all(cli: &Cli) -> Result<Attachment, ObserveError> {
-    let ring = RingConfig { bytes: cli.ring_buffer_bytes }.validate()?;
-    let targets = unique_pids(&cli.pids)
-        .into_iter()
-        .map(|pid| match cli.kernel_only {
-            false => probes::for_pid(pid).map(|table| (pid, Some(table))),
-            true if tree::is_alive(pid) => Ok((pid, None)),
-            true => Err(ObserveError::NoSuchProcess { pid }),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    kernel::require_capabilities()?;
-    if !cli.kernel_only {
+/// Checks the `--pid`s' probes and the privileges, loads the programs, attaches the
+/// kernel hooks, and adds the targets: the `--pid`s, or every proxy /proc shows.
+fn start(common: &Common, mode: &Mode) -> Result<Started, ObserveError> {
+    let ring = RingConfig { bytes: common.ring_buffer_bytes }.validate()?;
+    // Each --pid's executable, opened once, and its probes.
+    let executables = match &mode.pids {
+        Some(pids) => pids
+            .iter()
+            .map(|&pid| {
+                let added_ns = monotonic_ns();
+                let executable = Executable::of(pid)?;
+                let table = match mode.kernel_only {
+                    false => Some(Arc::new(executable.table(pid, Search::Thorough)?)),
+                    true => None,
+                };
+                Ok((pid, executable, table, added_ns))
+            })
+            .collect::<Result<Vec<_>, ObserveError>>()?,
+        None => Vec::new(),
+    };
+    if !mode.kernel_only {
         kernel::require_uprobes()?;
     }
+    kernel::require_capabilities(mode.kernel_only, mode.pids.is_none())?;
     let tracefs = tracefs::ensure()?;
     let layout = tracefs::layout(&tracefs)?;
-    let mut loaded = Loaded::load(ring, &layout)?;
+    let mut loaded = Loaded::load(ring, &layout, mode.pids.is_none())?;
     let hooks = loaded.attach_hooks(&tracefs)?;
-    let (mut attached, mut snapshots) = (Vec::new(), Vec::new());
-    for (pid, table) in &targets {
-        snapshots.push((*pid, loaded.track(*pid)?));
-        if let Some(table) = table {
-            attached.extend(loaded.attach(*pid, table)?);
+    let metrics = Arc::new(Metrics::new(common.labels.config()));
+    metrics.observer.hooks_attached.set(hooks.len() as i64);
+    let state = Arc::new(AppState {
+        metrics,
+        kernel: Mutex::new(loaded.take_maps(Duration::from_secs(common.request_expiry_secs))?),
+        ready: false.into(),
+    });
+    let ring = loaded.take_ring()?;
+    let retention = Duration::from_secs(common.retention_secs);
+    let mut targets = Targets::new(loaded, state.clone(), mode.sources.clone(), retention, mode.pids.clone());
+    let mut added = Vec::new();
+    // Parents before their children: a child then belongs to its parent's tree, and is refused.
+    let order = tree::parents_first(executables.iter().map(|(pid, ..)| *pid).collect());
+    let mut executables = executables;
+    executables.sort_by_key(|(pid, ..)| order.iter().position(|p| p == pid));
+    for (pid, executable, table, added_ns) in executables {
+        match targets.add(pid, &executable, table, added_ns)? {
+            Some(found) => added.push((pid, found)),
+            None => {
+                let root = state.kernel.lock().expect("kernel maps lock").root_of(pid).unwrap_or(pid);
+                return Err(ObserveError::InTree { pid, root });
+            }
         }
     }
-    Ok(Attachment { loaded, targets, attached, hooks, snapshots, layout })
+    if mode.pids.is_none() {
+        targets.scan();
+    }
+    state.ready.store(true, Ordering::Relaxed);
+    Ok(Started { targets, state, ring, hooks, layout, added })
 }
 
-fn check(cli: &Cli) -> Result<(), ObserveError> {
-    let Attachment { loaded: _loaded, targets, attached, hooks, snapshots, layout } = attach_all(cli)?;
+fn check(common: &Common, mode: &Mode) -> Result<(), ObserveError> {
+    let Started { targets, state, hooks, layout, added, .. } = start(common, mode)?;
     let features = kernel::features();
     println!(
         "kernel {}: uprobes {}, tracefs {}, kprobes {} (not used: the kernel hooks are tracepoints)",
@@ -187,39 +292,46 @@ fn check(cli: &Cli) -> Result<(), ObserveError> {
         yes_no(features.kprobes),
     );
     print_hooks(&hooks, &layout);
-    for (pid, table) in &targets {
-        match table {
-            Some(table) => print_probes(*pid, table, &attached),
+    for (pid, found) in &added {
+        match &found.table {
+            Some(table) => print_probes(*pid, table, &found.attached),
             None => print_kernel_only(*pid),
         }
-        if let Some((_, snapshot)) = snapshots.iter().find(|(p, _)| p == pid) {
-            let children: Vec<String> =
-                snapshot.children.iter().map(|(p, name)| format!("{name} ({p})")).collect();
-            let mut ports: Vec<u16> = snapshot.listeners.iter().map(|l| l.port).collect();
-            ports.dedup();
-            println!(
-                "  tracking its tree: {} descendant(s), children [{}], listening on TCP ports {ports:?}",
-                snapshot.descendants.len(),
-                children.join(", "),
-            );
+        let snapshot = &found.snapshot;
+        let children: Vec<String> =
+            snapshot.children.iter().map(|(p, name)| format!("{name} ({p})")).collect();
+        let mut ports: Vec<u16> = snapshot.listeners.iter().map(|l| l.port).collect();
+        ports.dedup();
+        println!(
+            "  labelled {}; tracking its tree: {} descendant(s), children [{}], listening on TCP ports {ports:?}",
+            found.labels,
+            snapshot.descendants.len(),
+            children.join(", "),
+        );
+    }
+    if mode.pids.is_none() {
+        for line in targets.describe() {
+            println!("{line}");
         }
     }
+    let observer = &state.metrics.observer;
     println!(
-        "ok: {} probes and {} kernel hooks attached for {} process(es); ring buffer {} bytes, submit without wakeup, drain every {} ms",
-        attached.len(),
+        "ok: {} probes on {} executable(s) and {} kernel hooks attached for {} process(es); ring buffer {} bytes, submit without wakeup, drain every {} ms",
+        observer.probes_attached.get(),
+        observer.binaries_attached.get(),
         hooks.len(),
-        targets.len(),
-        cli.ring_buffer_bytes,
-        cli.drain_interval_ms
+        observer.targets.get(),
+        common.ring_buffer_bytes,
+        common.drain_interval_ms
     );
+    targets.shutdown();
     Ok(())
 }
-
 /// The kernel hooks attached, and what this kernel's tracepoints cannot tell.
 fn print_hooks(hooks: &[&'static tracefs::Hook], layout: &observer_common::Layout) {
     let names: Vec<String> = hooks.iter().map(|h| format!("{}:{}", h.category, h.name)).collect();
     println!("kernel hooks: {} tracepoints attached ({})", hooks.len(), names.join(", "));
-    for hook in tracefs::HOOKS.iter().filter(|h| !hooks.iter().any(|a| std::ptr::eq(*a, *h))) {
+    for hook in tracefs::HOOKS.iter().filter(|h| !hooks.iter().any(|a| a.program == h.program)) {
         let lost = hook.without.unwrap_or_default();
         println!("  {}:{} absent from this kernel: no {lost}", hook.category, hook.name);
     }
@@ -240,7 +352,7 @@ fn print_hooks(hooks: &[&'static tracefs::Hook], layout: &observer_common::Layou
     }
 }
 
-fn print_probes(pid: u32, table: &ProbeTable, attached: &[Attached]) {
+fn print_probes(pid: u32, table: &ProbeTable, attached: &[&str]) {
     println!(
         "pid {pid}: {} (probe ABI v{}, from the {})",
         table.path.display(),
@@ -251,7 +363,7 @@ fn print_probes(pid: u32, table: &ProbeTable, attached: &[Attached]) {
         println!("  mcp_probe_{probe:<22} absent from this binary: its metrics stay empty");
     }
     for site in &table.sites {
-        let state = if attached.iter().any(|a| a.pid == pid && a.probe == site.name) {
+        let state = if attached.contains(&site.name.as_str()) {
             "attached"
         } else {
             "not in this observer's catalogue, ignored"
@@ -279,92 +391,57 @@ fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
-fn serve(cli: &Cli) -> Result<(), ObserveError> {
+fn serve(common: &Common, mode: Mode) -> Result<(), ObserveError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let Attachment { mut loaded, targets, attached, hooks, snapshots, layout: _ } = attach_all(cli)?;
-        for a in &attached {
-            log::info!(
-                "attached mcp_probe_{} in {} (pid {}) at file offset {:#x}",
-                a.probe,
-                a.path.display(),
-                a.pid,
-                a.file_offset
-            );
-        }
+        let Started { targets, state, ring, hooks, .. } = start(common, &mode)?;
         log::info!("attached {} kernel hooks (TCP connections and child processes)", hooks.len());
-        let metrics = Arc::new(Metrics::new(cli.labels.config()));
-        metrics.observer.probes_attached.set(attached.len() as i64);
-        metrics.observer.hooks_attached.set(hooks.len() as i64);
-        for a in attached.iter().filter(|a| a.probe == "child_spawn") {
-            metrics.children.expect_names(a.pid);
-        }
-        for (pid, snapshot) in &snapshots {
-            for (child, executable) in &snapshot.children {
-                metrics.existing_child(*pid, *child, executable);
-            }
-        }
-        let state = Arc::new(AppState {
-            metrics: metrics.clone(),
-            kernel: Mutex::new(loaded.take_maps(Duration::from_secs(cli.request_expiry_secs))?),
-            ready: true.into(),
-        });
-        let listener = tokio::net::TcpListener::bind(cli.listen)
+        let listener = tokio::net::TcpListener::bind(common.listen)
             .await
-            .map_err(|source| ObserveError::Listen { addr: cli.listen, source })?;
+            .map_err(|source| ObserveError::Listen { addr: common.listen, source })?;
         let bound =
-            listener.local_addr().map_err(|source| ObserveError::Listen { addr: cli.listen, source })?;
+            listener.local_addr().map_err(|source| ObserveError::Listen { addr: common.listen, source })?;
         log::info!("serving /metrics on http://{bound}");
 
-        let ring = loaded.take_ring()?;
-        let drain =
-            events::drain_forever(ring, metrics.clone(), Duration::from_millis(cli.drain_interval_ms));
-        let server = axum::serve(listener, http::router(state.clone())).into_future();
-        let pids: Vec<u32> = targets.iter().map(|(pid, _)| *pid).collect();
-        let watch = watch_targets(&pids, &attached, state);
+        // The targets live on a thread of their own: adding one reads /proc and ELF files.
+        let (lifecycle, events) = std::sync::mpsc::sync_channel(LIFECYCLE_QUEUE);
+        let mut manager = tokio::task::spawn_blocking(move || targets::run(targets, events));
+        let mut manager_done = false;
+        let drain = events::drain_forever(
+            ring,
+            state.metrics.clone(),
+            lifecycle.clone(),
+            Duration::from_millis(common.drain_interval_ms),
+        );
+        let server = axum::serve(listener, http::router(state)).into_future();
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            result = drain => log::error!("ring-buffer reader stopped: {result:?}"),
-            result = server => log::error!("HTTP server stopped: {result:?}"),
-            () = watch => {}
-            _ = tokio::signal::ctrl_c() => log::info!("interrupted, detaching"),
-            _ = term.recv() => log::info!("terminated, detaching"),
+        // Only a signal ends the agent cleanly; any part stopping on its own is a failure.
+        let stopped = tokio::select! {
+            result = drain => Some(format!("the ring-buffer reader stopped: {result:?}")),
+            result = server => Some(format!("the HTTP server stopped: {result:?}")),
+            result = &mut manager => {
+                manager_done = true;
+                Some(format!("the targets thread stopped: {result:?}"))
+            }
+            _ = tokio::signal::ctrl_c() => None,
+            _ = term.recv() => None,
+        };
+        log::info!("detaching");
+        // The targets thread detaches every uprobe and unloads the programs as it ends.
+        let _ = lifecycle.send(None);
+        if !manager_done {
+            let _ = manager.await;
         }
-        // Dropping `loaded` detaches every uprobe and unloads the programs.
-        drop(loaded);
-        Ok(())
+        match stopped {
+            Some(what) => Err(ObserveError::Stopped { what }),
+            None => Ok(()),
+        }
     })
 }
 
-/// Every second: expires stale requests (even when nobody scrapes), and keeps
-/// `mcp_observer_targets`, the attached-probe count, readiness and what the targets held
-/// open true to their lives.
-async fn watch_targets(pids: &[u32], attached: &[Attached], state: Arc<AppState>) {
-    let mut targets: Vec<(u32, usize)> =
-        pids.iter().map(|pid| (*pid, attached.iter().filter(|a| a.pid == *pid).count())).collect();
-    let mut exited = Vec::new();
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        ticker.tick().await;
-        // Processes seen gone a tick ago: the reader has drained their last events (their
-        // shutdown disconnects and session closes) by now.
-        state.refresh(std::mem::take(&mut exited)).await;
-        targets.retain(|(pid, _)| {
-            let alive = tree::is_alive(*pid);
-            if !alive {
-                log::warn!("target process {pid} exited; metrics stay served");
-                state.ready.store(false, Ordering::Relaxed);
-                exited.push(*pid);
-            }
-            alive
-        });
-        let observer = &state.metrics.observer;
-        observer.targets.set(targets.len() as i64);
-        // A dead process's uprobes no longer fire.
-        observer.probes_attached.set(targets.iter().map(|(_, count)| *count).sum::<usize>() as i64);
-    }
-}
+/// Process execs and target exits waiting for the targets thread, at most.
+const LIFECYCLE_QUEUE: usize = 65_536;

@@ -8,9 +8,24 @@ use aya::{
     Pod,
     maps::{HashMap, MapData, MapError, PerCpuArray},
 };
-use observer_common::{InFlightKey, Listener, Tracked, TrackedSocket, counter};
+use observer_common::{InFlightKey, Listener, Tracked, TrackedSocket, counter, listening_key};
 
-use crate::metrics::Metrics;
+use crate::{
+    error::ObserveError,
+    metrics::Metrics,
+    tree::{self, Listening, Snapshot},
+};
+
+/// `BPF_NOEXIST` refused the insert: the key is there already.
+fn already_present(error: &MapError) -> bool {
+    matches!(error, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EEXIST))
+}
+
+/// Passes over /proc when a target is tracked, at most (see `KernelMaps::track`).
+const SNAPSHOT_PASSES: usize = 4;
+
+/// `bpf_map_update_elem` flag: only add, never overwrite.
+const BPF_NOEXIST: u64 = 1;
 
 /// Map entries visited per walk at most: the largest map's size. A key deleted while we iterate
 /// makes the kernel restart from the first key, so the walk must be bounded.
@@ -38,16 +53,82 @@ impl KernelMaps {
         }
     }
 
-    /// Each counter summed over CPUs. Read from the last index down, so that requests
-    /// finished are read before requests started: a request that starts and ends between
-    /// the two reads must not make the in-flight gauge read low.
+    /// Each counter summed over CPUs.
     fn totals(&self) -> Result<[u64; counter::COUNT as usize], MapError> {
-        const _: () = assert!(counter::REQUESTS_FINISHED > counter::REQUESTS_STARTED);
         let mut totals = [0; counter::COUNT as usize];
-        for (index, total) in (0..counter::COUNT).zip(totals.iter_mut()).rev() {
+        for (index, total) in (0..counter::COUNT).zip(totals.iter_mut()) {
             *total = self.counters.get(&index, 0)?.iter().sum();
         }
         Ok(totals)
+    }
+
+    /// Registers target `pid` in the kernel, then what its tree already held as /proc
+    /// shows it after the registration, so that nothing falls between: the descendants
+    /// the fork hook has not added meanwhile, and the listening sockets. Returns what it
+    /// added (the children among them are running now, unknown to the hooks).
+    /// `binary`: the id its probes count under (see [`Tracked::binary`]), 0 for none.
+    pub fn track(&mut self, pid: u32, binary: u32) -> Result<Snapshot, ObserveError> {
+        let failed = |source: MapError| ObserveError::Track { pid, source: Box::new(source) };
+        let root = Tracked { root: pid, child: 0, exit_status: 0, flags: 0, binary };
+        self.tracked.insert(pid, root, 0).map_err(failed)?;
+        let mut added = Snapshot::default();
+        // Again until a pass adds nothing: a descendant may fork before it is added.
+        for _ in 0..SNAPSHOT_PASSES {
+            let snapshot = tree::snapshot(pid);
+            let tracked = &mut self.tracked;
+            let before = added.descendants.len();
+            for &(descendant, child) in &snapshot.descendants {
+                if added.descendants.iter().any(|&(d, _)| d == descendant) {
+                    continue;
+                }
+                match tracked.insert(
+                    descendant,
+                    Tracked { root: pid, child, exit_status: 0, flags: 0, binary: 0 },
+                    BPF_NOEXIST,
+                ) {
+                    Ok(()) if tree::is_alive(descendant) => {
+                        added.descendants.push((descendant, child));
+                        added
+                            .children
+                            .extend(snapshot.children.iter().filter(|(c, _)| *c == descendant).cloned());
+                    }
+                    // Exited before it was added (its exit hook found nothing to remove):
+                    // the entry must go, or an unrelated process reusing the pid would count.
+                    Ok(()) => {
+                        let _ = tracked.remove(&descendant);
+                    }
+                    // Added by the fork hook since `track`: its events tell the rest.
+                    Err(error) if already_present(&error) => {}
+                    Err(error) => log::warn!("pid {pid}: descendant {descendant} not tracked: {error}"),
+                }
+            }
+            added.listeners = snapshot.listeners;
+            if added.descendants.len() == before {
+                break;
+            }
+        }
+        self.add_listeners(pid, &added.listeners).map_err(failed)?;
+        Ok(added)
+    }
+
+    /// Registers target `pid`'s listening sockets, never over an entry the listen hook
+    /// or another target added: one (family, port) has one entry, whoever else listens on
+    /// it in another network namespace.
+    pub fn add_listeners(&mut self, pid: u32, listeners: &[Listening]) -> Result<(), MapError> {
+        for l in listeners {
+            let listener = Listener { target: pid, owner: l.owner, skaddr: 0 };
+            match self.listening.insert(listening_key(l.family, l.port), listener, BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(error) if already_present(&error) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// The target whose tree `pid` belongs to, if any.
+    pub fn root_of(&self, pid: u32) -> Option<u32> {
+        self.tracked.get(&pid, 0).ok().map(|tracked| tracked.root)
     }
 
     /// Process `tgid` exited: its requests in flight will never end, so they are counted
@@ -66,20 +147,22 @@ impl KernelMaps {
     }
 
     /// Expires requests older than `request_expiry` (their end never came: the proxy
-    /// dropped them) and sets the age of the oldest one left.
+    /// dropped them), then sets each workload's requests in flight and oldest age.
     fn sweep_in_flight(&mut self, metrics: &Metrics) {
         let now = monotonic_ns();
         let expiry = u64::try_from(self.request_expiry.as_nanos()).unwrap_or(u64::MAX);
-        let mut oldest = 0;
+        let mut by_tgid: StdHashMap<u32, (u64, u64)> = StdHashMap::new();
         for (key, start) in self.in_flight_snapshot() {
             let age = now.saturating_sub(start);
             if age >= expiry {
                 self.expire(key, start, metrics);
             } else {
-                oldest = oldest.max(age);
+                let (count, oldest) = by_tgid.entry(key.tgid).or_default();
+                *count += 1;
+                *oldest = (*oldest).max(age);
             }
         }
-        metrics.set_oldest_in_flight(oldest as f64 / 1e9);
+        metrics.set_in_flight(&by_tgid);
     }
 
     /// Every entry once: a key the kernel deletes under the walk restarts it from the

@@ -1,10 +1,14 @@
 //! Finds the probe functions in a proxy's executable: from the `.note.mcp_probes` ELF
 //! note first (it survives `strip`), from the symbol table otherwise.
 
-use std::path::{Path, PathBuf};
+use std::{
+    fs::File,
+    os::{fd::AsRawFd as _, unix::fs::FileExt as _},
+    path::{Path, PathBuf},
+};
 
 use object::{
-    Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _,
+    Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _, ReadCache, ReadRef,
     elf::FileHeader64,
     read::elf::{ElfFile64, NoteIterator},
 };
@@ -76,39 +80,117 @@ impl ProbeTable {
     }
 }
 
-/// Reads the probe table of the executable that `pid` runs.
-pub fn for_pid(pid: u32) -> Result<ProbeTable, ObserveError> {
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    if !proc.exists() {
-        return Err(ObserveError::NoSuchProcess { pid });
-    }
-    let exe = proc.join("exe");
-    let unreadable = |source: std::io::Error| match source.kind() {
-        std::io::ErrorKind::NotFound => ObserveError::NoExecutable { pid },
-        _ => ObserveError::ExeUnreadable { pid, source },
-    };
-    let path = std::fs::read_link(&exe).map_err(unreadable)?;
-    let data = std::fs::read(&exe).map_err(unreadable)?;
-    let table =
-        from_elf(&data, &path).map_err(|reason| ObserveError::BadElf { pid, path: path.clone(), reason })?;
-    let Some(table) = table else {
-        return Err(ObserveError::NoProbes { pid, path });
-    };
-    if table.abi_version != mcp_abi::VERSION {
-        return Err(ObserveError::AbiMismatch { pid, path, found: table.abi_version });
-    }
-    if let Some(probe) = REQUIRED.iter().find(|name| table.site(name).is_none()) {
-        return Err(ObserveError::MissingProbe { pid, path, probe });
-    }
-    Ok(table)
+/// The first bytes of every probe function of ABI v1 (the 5-byte NOP; `nop` on aarch64).
+#[cfg(target_arch = "aarch64")]
+const PROBE_PROLOGUE: &[u8] = &[0x1f, 0x20, 0x03, 0xd5];
+#[cfg(not(target_arch = "aarch64"))]
+const PROBE_PROLOGUE: &[u8] = &[0x0f, 0x1f, 0x44, 0x00, 0x00];
+
+/// The executable a process runs, opened once: its probe table, its identity and the path
+/// the kernel places uprobes through all name this very file, even if the process execs
+/// or its pid is reused meanwhile.
+pub struct Executable {
+    file: File,
+    /// As /proc/PID/exe shows it.
+    pub path: PathBuf,
+    pub meta: std::fs::Metadata,
+    /// The process's start time, read before the file was opened: a pid reused since
+    /// then shows another one.
+    pub start_time: u64,
 }
 
-/// Parses an ELF executable; `Ok(None)` when it has no probes at all.
-pub fn from_elf(data: &[u8], path: &Path) -> Result<Option<ProbeTable>, String> {
-    let file = ElfFile64::<object::Endianness>::parse(data).map_err(|e| e.to_string())?;
+/// Where a probe table is looked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Search {
+    /// The note, then the symbol table, in the whole file read at once: a `--pid` the
+    /// operator named.
+    Thorough,
+    /// The note alone, reading the headers and that section only: every program the
+    /// node-wide agent sees start. ABI v1 always emits the note; a symbol walk through a
+    /// lazily read file would cost a crafted ELF's names many times its size in memory.
+    NoteOnly,
+}
+
+impl Executable {
+    pub fn of(pid: u32) -> Result<Self, ObserveError> {
+        let proc = crate::tree::proc_path(pid);
+        if !proc.exists() {
+            return Err(ObserveError::NoSuchProcess { pid });
+        }
+        let exe = proc.join("exe");
+        let unreadable = |source: std::io::Error| match source.kind() {
+            std::io::ErrorKind::NotFound => ObserveError::NoExecutable { pid },
+            _ => ObserveError::ExeUnreadable { pid, source },
+        };
+        let start_time = crate::tree::start_time(pid).ok_or(ObserveError::NoSuchProcess { pid })?;
+        let file = File::open(&exe).map_err(unreadable)?;
+        let meta = file.metadata().map_err(unreadable)?;
+        let mut executable = Self { file, path: PathBuf::new(), meta, start_time };
+        // The path of the open file, not of what /proc/PID/exe shows by now.
+        executable.path = std::fs::read_link(executable.fd_path()).map_err(unreadable)?;
+        Ok(executable)
+    }
+
+    /// This open file as a path for the kernel.
+    pub fn fd_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+
+    /// The probes of this file (`pid` runs it), each checked to begin as a probe does
+    /// before anyone places a uprobe there.
+    pub fn table(&self, pid: u32, search: Search) -> Result<ProbeTable, ObserveError> {
+        let path = &self.path;
+        let bad = |reason| ObserveError::BadElf { pid, path: path.clone(), reason };
+        let table = match search {
+            Search::NoteOnly => from_elf(&ReadCache::new(&self.file), path, false),
+            Search::Thorough => {
+                let mut data = vec![0; usize::try_from(self.meta.len()).map_err(|e| bad(e.to_string()))?];
+                self.file.read_exact_at(&mut data, 0).map_err(|e| bad(e.to_string()))?;
+                from_elf(&data[..], path, true)
+            }
+        }
+        .map_err(bad)?;
+        let Some(table) = table else {
+            return Err(ObserveError::NoProbes { pid, path: path.clone() });
+        };
+        if table.abi_version != mcp_abi::VERSION {
+            return Err(ObserveError::AbiMismatch { pid, path: path.clone(), found: table.abi_version });
+        }
+        if let Some(probe) = REQUIRED.iter().find(|name| table.site(name).is_none()) {
+            return Err(ObserveError::MissingProbe { pid, path: path.clone(), probe });
+        }
+        for site in &table.sites {
+            let mut first = [0; PROBE_PROLOGUE.len()];
+            if self.file.read_exact_at(&mut first, site.file_offset).is_err() || first != PROBE_PROLOGUE {
+                return Err(ObserveError::NotAProbe {
+                    pid,
+                    path: path.clone(),
+                    probe: site.name.clone(),
+                    offset: site.file_offset,
+                });
+            }
+        }
+        Ok(table)
+    }
+}
+
+/// Reads the probe table of the executable that `pid` runs.
+pub fn for_pid(pid: u32) -> Result<ProbeTable, ObserveError> {
+    Executable::of(pid)?.table(pid, Search::Thorough)
+}
+
+/// Parses an ELF executable (its symbol table too if `symbols`); `Ok(None)` when it has
+/// no probes at all.
+pub fn from_elf<'d, R: ReadRef<'d>>(
+    data: R,
+    path: &Path,
+    symbols: bool,
+) -> Result<Option<ProbeTable>, String> {
+    let file = ElfFile64::<object::Endianness, R>::parse(data).map_err(|e| e.to_string())?;
     let found = match from_note(&file)? {
         Some(found) => Some((found, Source::Note)),
-        None => from_symbols(&file).map(|found| (found, Source::Symbols)),
+        None if symbols => from_symbols(&file).map(|found| (found, Source::Symbols)),
+        None => None,
     };
     let Some(((abi_version, raw), source)) = found else { return Ok(None) };
     // A probe the linker discarded (never called) keeps its note with a tombstone address
@@ -125,7 +207,9 @@ pub fn from_elf(data: &[u8], path: &Path) -> Result<Option<ProbeTable>, String> 
 
 type RawProbes = (u32, Vec<(String, u64)>);
 
-fn from_note(file: &ElfFile64<'_, object::Endianness>) -> Result<Option<RawProbes>, String> {
+fn from_note<'d, R: ReadRef<'d>>(
+    file: &ElfFile64<'d, object::Endianness, R>,
+) -> Result<Option<RawProbes>, String> {
     let Some(section) = file.section_by_name(mcp_abi::NOTE_SECTION) else { return Ok(None) };
     let data = section.data().map_err(|e| e.to_string())?;
     let bad = |e: object::Error| format!("{}: {e}", mcp_abi::NOTE_SECTION);
@@ -155,7 +239,7 @@ fn from_note(file: &ElfFile64<'_, object::Endianness>) -> Result<Option<RawProbe
     Ok(Some((abi_version, probes)))
 }
 
-fn from_symbols(file: &ElfFile64<'_, object::Endianness>) -> Option<RawProbes> {
+fn from_symbols<'d, R: ReadRef<'d>>(file: &ElfFile64<'d, object::Endianness, R>) -> Option<RawProbes> {
     let mut marker = false;
     let mut probes = Vec::new();
     for symbol in file.symbols().chain(file.dynamic_symbols()) {
@@ -173,7 +257,7 @@ fn from_symbols(file: &ElfFile64<'_, object::Endianness>) -> Option<RawProbes> {
     (marker || !probes.is_empty()).then_some((if marker { mcp_abi::VERSION } else { 0 }, probes))
 }
 
-fn file_offset(file: &ElfFile64<'_, object::Endianness>, address: u64) -> Option<u64> {
+fn file_offset<'d, R: ReadRef<'d>>(file: &ElfFile64<'d, object::Endianness, R>, address: u64) -> Option<u64> {
     file.segments().find_map(|segment| {
         let (offset, size) = segment.file_range();
         let start = segment.address();

@@ -1,7 +1,45 @@
 //! A target's process tree and listening ports as they are when the agent attaches: the
 //! kernel hooks see only what happens after, so what already exists is read from /proc.
+//! Also who a process is: pid and start time, which a reused pid does not share.
 
-use std::{collections::HashMap, fs, path::Path};
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
+
+/// Where the host's /proc is (`--proc`), if not at /proc.
+static PROC_ROOT: OnceLock<PathBuf> = OnceLock::new();
+
+/// Reads processes under `root` instead of /proc (a DaemonSet may mount the host's
+/// elsewhere). Set once, before anything is read.
+pub fn set_proc_root(root: PathBuf) {
+    let _ = PROC_ROOT.set(root);
+}
+
+pub fn proc_root() -> &'static Path {
+    PROC_ROOT.get().map_or(Path::new("/proc"), PathBuf::as_path)
+}
+
+/// `/proc/PID` under the proc root.
+pub fn proc_path(pid: u32) -> PathBuf {
+    proc_root().join(pid.to_string())
+}
+
+/// Every process's pid.
+pub fn pids() -> Vec<u32> {
+    let Ok(entries) = fs::read_dir(proc_root()) else { return Vec::new() };
+    entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()).collect()
+}
+
+/// When `pid` started (clock ticks since boot): with the pid, it names one process even
+/// after the pid is reused.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(proc_path(pid).join("stat")).ok()?;
+    // Field 22 of stat; the state is field 3.
+    stat_fields(&stat).nth(19)?.parse().ok()
+}
 
 /// What a target already had when the agent attached.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -25,10 +63,40 @@ pub struct Listening {
 }
 
 pub fn snapshot(root: u32) -> Snapshot {
+    snapshot_in(root, &children_by_parent())
+}
+
+/// The snapshots of several targets, from one pass over /proc.
+pub fn snapshots(roots: &[u32]) -> Vec<(u32, Snapshot)> {
+    let by_parent = children_by_parent();
+    roots.iter().map(|&root| (root, snapshot_in(root, &by_parent))).collect()
+}
+
+/// `pids` ordered parents first: by their depth in the process tree (start times do not
+/// tell, as a child started within the same clock tick ties with its parent).
+pub fn parents_first(mut pids: Vec<u32>) -> Vec<u32> {
+    let parents: HashMap<u32, u32> = processes().into_iter().collect();
+    let depth = |mut pid: u32| {
+        let mut depth = 0;
+        // Bounded: a parent map read while processes come and go may hold a cycle.
+        while let Some(&parent) = parents.get(&pid).filter(|_| depth < 4096) {
+            (pid, depth) = (parent, depth + 1);
+        }
+        depth
+    };
+    pids.sort_by_cached_key(|&pid| depth(pid));
+    pids
+}
+
+fn children_by_parent() -> HashMap<u32, Vec<u32>> {
     let mut by_parent: HashMap<u32, Vec<u32>> = HashMap::new();
     for (pid, ppid) in processes() {
         by_parent.entry(ppid).or_default().push(pid);
     }
+    by_parent
+}
+
+fn snapshot_in(root: u32, by_parent: &HashMap<u32, Vec<u32>>) -> Snapshot {
     let mut snapshot = Snapshot::default();
     for &child in by_parent.get(&root).into_iter().flatten() {
         snapshot.children.push((child, executable_name(child)));
@@ -48,7 +116,7 @@ pub fn snapshot(root: u32) -> Snapshot {
 /// inside exit (`PF_EXITING`, set before the exit hook runs).
 pub fn is_alive(pid: u32) -> bool {
     const PF_EXITING: u64 = 0x4;
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+    fs::read_to_string(proc_path(pid).join("stat")).is_ok_and(|stat| {
         // State, ppid, pgrp, session, tty, tpgid, flags.
         let mut fields = stat_fields(&stat);
         let state = fields.next();
@@ -59,10 +127,9 @@ pub fn is_alive(pid: u32) -> bool {
 
 /// Every process's (pid, parent pid).
 fn processes() -> Vec<(u32, u32)> {
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| Some((pid, parent_of(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?)))
+    pids()
+        .into_iter()
+        .filter_map(|pid| Some((pid, parent_of(&fs::read_to_string(proc_path(pid).join("stat")).ok()?)?)))
         .collect()
 }
 
@@ -79,10 +146,10 @@ fn stat_fields(stat: &str) -> impl Iterator<Item = &str> {
 
 /// The file name of what `pid` runs, or its command name when that is unreadable.
 pub fn executable_name(pid: u32) -> String {
-    fs::read_link(format!("/proc/{pid}/exe"))
+    fs::read_link(proc_path(pid).join("exe"))
         .ok()
         .and_then(|path| Some(path.file_name()?.to_string_lossy().into_owned()))
-        .or_else(|| Some(fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim().to_string()))
+        .or_else(|| Some(fs::read_to_string(proc_path(pid).join("comm")).ok()?.trim().to_string()))
         .unwrap_or_default()
 }
 
@@ -96,7 +163,7 @@ fn listeners_of(root: u32, tree: &[u32]) -> Vec<Listening> {
     let mut found: Vec<Listening> = [("tcp", AF_INET), ("tcp6", AF_INET6)]
         .iter()
         .filter_map(|&(table, family)| {
-            Some((fs::read_to_string(format!("/proc/{root}/net/{table}")).ok()?, family))
+            Some((fs::read_to_string(proc_path(root).join("net").join(table)).ok()?, family))
         })
         .flat_map(|(text, family)| {
             let owners = &owners;
@@ -112,7 +179,7 @@ fn listeners_of(root: u32, tree: &[u32]) -> Vec<Listening> {
 }
 
 fn socket_inodes(pid: u32) -> Vec<u64> {
-    let Ok(fds) = fs::read_dir(Path::new("/proc").join(pid.to_string()).join("fd")) else {
+    let Ok(fds) = fs::read_dir(proc_path(pid).join("fd")) else {
         return Vec::new();
     };
     fds.filter_map(|fd| {

@@ -1,5 +1,6 @@
-//! The demo: the testbed proxy under load, observed from outside by mcp-observe, with the
-//! load client's ground truth printed beside what the observer counted.
+//! The demo: the testbed proxy under load, found and observed from outside by the
+//! node-wide `mcp-observe agent`, with the load client's ground truth printed beside what
+//! the agent counted for that proxy.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -41,7 +42,7 @@ pub fn run() -> anyhow::Result<()> {
     let proxy = Killed(proxy);
     let pid = proxy.0.id().to_string();
     let (observer, metrics_addr) = spawn(
-        Command::new(format!("{BIN}/mcp-observe")).args(["--pid", &pid, "--listen", "127.0.0.1:0"]),
+        Command::new(format!("{BIN}/mcp-observe")).args(["agent", "--listen", "127.0.0.1:0"]),
         "serving /metrics on http://",
     )?;
     let _observer = Killed(observer);
@@ -53,7 +54,7 @@ pub fn run() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     println!(
-        "proxy pid {pid} on http://{proxy_addr}/mcp, observed by mcp-observe on http://{metrics_addr}/metrics\n"
+        "proxy pid {pid} on http://{proxy_addr}/mcp, found and observed by `mcp-observe agent` on http://{metrics_addr}/metrics\n"
     );
 
     let load = Command::new(format!("{BIN}/mcp-testbed"))
@@ -85,19 +86,12 @@ pub fn run() -> anyhow::Result<()> {
     );
     for row in truth["requests"].as_array().context("requests")? {
         let field = |k: &str| row[k].as_str().unwrap_or_default().to_string();
-        let labels = format!(
-            "identity=\"{}\",method=\"{}\",server=\"{}\",status=\"{}\",tool=\"{}\",transport=\"{}\"",
-            field("identity"),
-            field("method"),
-            field("server"),
-            field("status"),
-            field("tool"),
-            field("transport")
-        );
-        let observed = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("mcp_proxy_requests_total{{{labels}}} ")))
-            .unwrap_or("missing");
+        let labels: Vec<(&str, String)> = ["identity", "method", "server", "status", "tool", "transport"]
+            .into_iter()
+            .map(|k| (k, field(k)))
+            .chain([("pid", pid.clone())])
+            .collect();
+        let observed = sample(&metrics, "mcp_proxy_requests_total", &labels).unwrap_or("missing");
         println!(
             "{:<14} {:<6} {:<6} {:<6} {:<14} {:>6} {:>9}",
             field("method"),
@@ -135,16 +129,30 @@ pub fn run() -> anyhow::Result<()> {
         "mcp_proxy_requests_in_flight",
         "mcp_proxy_request_oldest_in_flight_seconds",
     ];
+    let proxy = format!("pid=\"{pid}\"");
     for line in metrics.lines().filter(|l| {
-        (shown.iter().any(|prefix| l.starts_with(prefix)) && !l.contains("_bucket{"))
-            || (l.starts_with("mcp_observer_") && !l.ends_with(" 0"))
-            || (l.contains("identity=\"alice\"")
+        let of_proxy = l.contains(&proxy) && !l.contains("_bucket{");
+        (of_proxy && shown.iter().any(|prefix| l.starts_with(prefix)))
+            || (of_proxy
+                && l.contains("identity=\"alice\"")
                 && l.contains("tool=\"sleep\"")
                 && l.starts_with("mcp_proxy_request_duration"))
+            || (l.starts_with("mcp_observer_") && !l.ends_with(" 0"))
     }) {
         println!("  {line}");
     }
     Ok(())
+}
+
+/// The value of the `name` series whose labels include `labels`, from the text format.
+fn sample<'a>(metrics: &'a str, name: &str, labels: &[(&str, String)]) -> Option<&'a str> {
+    metrics.lines().find_map(|line| {
+        let (series, value) = line.strip_prefix(name)?.strip_prefix('{')?.rsplit_once("} ")?;
+        // Label values here never hold `",`: splitting on it is enough for the demo.
+        let pairs: Vec<(&str, &str)> =
+            series.trim_end_matches('"').split("\",").filter_map(|pair| pair.split_once("=\"")).collect();
+        labels.iter().all(|(k, v)| pairs.contains(&(*k, v.as_str()))).then_some(value)
+    })
 }
 
 /// Kills the child when the demo ends, however it ends.

@@ -2,6 +2,7 @@
 //! toolchain, run the demo against the live kernel, and run every test as root.
 
 mod demo;
+mod manifests;
 mod setup;
 
 use std::{
@@ -59,6 +60,8 @@ fn test() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    eprintln!("xtask: validating the Kubernetes manifests in k8s/");
+    manifests::validate()?;
     cargo(&["check", "--package", "mcp-probes", "--target", "aarch64-unknown-linux-gnu"])?;
     cargo(&["build", "--release"])?;
     cargo_test(&["test", "--release", "--", "--test-threads=1"])

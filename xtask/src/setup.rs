@@ -5,7 +5,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
-use crate::exec;
+use crate::{exec, manifests::PYTHON_PACKAGES};
 
 /// The LLVM that bpf-linker links against, bpftool, capsh and strip for the tests, and
 /// for the kernel-hook tests: network namespaces, nftables, sysctl and pkill, setpriv and
@@ -30,6 +30,7 @@ pub fn run() -> anyhow::Result<()> {
     apt_packages()?;
     bpf_linker()?;
     python_mcp_sdk()?;
+    manifest_validators()?;
     tracefs()
 }
 
@@ -117,6 +118,38 @@ fn python_mcp_sdk() -> anyhow::Result<()> {
         "--root-user-action=ignore",
         PINNED,
     ]))
+}
+
+/// The validators of k8s/ (manifests.rs), pinned: kubernetes-validate, with the Kubernetes
+/// API schemas it bundles, and jsonschema for the PodMonitor CRD's schema.
+fn manifest_validators() -> anyhow::Result<()> {
+    let versions: Vec<String> =
+        PYTHON_PACKAGES.iter().map(|(name, version)| format!("m.version('{name}') == '{version}'")).collect();
+    let check = format!("import importlib.metadata as m; assert {}", versions.join(" and "));
+    if succeeds("python3", &["-c", &check]) {
+        return Ok(());
+    }
+    exec(
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--root-user-action=ignore"])
+            .args(PYTHON_PACKAGES.iter().map(|(name, version)| format!("{name}=={version}"))),
+    )
+}
+
+/// kubectl renders k8s/ with the kustomize it embeds (v5 for components and `labels`). No
+/// package source here has a recent one, so it is checked, not installed, and only by the
+/// manifest validation: the demo does not need it.
+pub fn kubectl_with_kustomize() -> anyhow::Result<()> {
+    let version = output("kubectl", &["version", "--client"]);
+    let kustomize = version.lines().find_map(|l| l.strip_prefix("Kustomize Version: v"));
+    if kustomize.and_then(|v| v.split('.').next()?.parse::<u32>().ok()).is_none_or(|major| major < 5) {
+        bail!(
+            "kubectl 1.27 or later on PATH (its built-in kustomize v5 renders k8s/) is required to validate k8s/: \
+             install it as https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/ shows (Debian 12's \
+             kubernetes-client is 1.20, too old)"
+        );
+    }
+    Ok(())
 }
 
 /// Tracepoints need tracefs; mount it where the kernel expects it if it is not there.

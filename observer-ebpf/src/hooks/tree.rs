@@ -3,7 +3,9 @@
 //! already spawned); `task:task_newtask` adds each new process under its parent's target
 //! (`sched:sched_process_fork` cannot tell a thread from a process, the clone flags
 //! can), `sched:sched_process_exit` removes it. A target's direct children are its
-//! backends: their fork, exec and exit are sent as events.
+//! backends: their fork, exec and exit are sent as events. The node-wide agent also
+//! hears of every exec outside the trees (a proxy may be starting) and of each target's
+//! exit.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -26,6 +28,10 @@ use crate::{
 #[map]
 pub static TRACKED: HashMap<u32, Tracked> = HashMap::with_max_entries(16_384, 0);
 
+/// Set by the node-wide agent at load: report execs outside the trees.
+#[unsafe(no_mangle)]
+static DISCOVER: u32 = 0;
+
 const CLONE_THREAD: u64 = 0x0001_0000;
 /// `comm` is a 16-byte array in every tracepoint that has it.
 const COMM_LEN: usize = 16;
@@ -35,6 +41,19 @@ const COMM_LEN: usize = 16;
 pub fn current() -> Option<Tracked> {
     // SAFETY: a copy of the value is taken at once.
     unsafe { TRACKED.get(tgid()) }.copied()
+}
+
+/// Whether the uprobe with attach cookie `binary` fired in a target that counts it: the
+/// target itself (uprobes are attached once per executable file, for every process that
+/// runs it), through its own executable's uprobes.
+#[inline(always)]
+pub fn observed(binary: u64) -> bool {
+    current().is_some_and(|me| me.root == tgid() && u64::from(me.binary) == binary)
+}
+
+fn discovering() -> bool {
+    // SAFETY: a plain read of a global the loader may have rewritten.
+    unsafe { core::ptr::read_volatile(&DISCOVER) != 0 }
 }
 
 #[tracepoint]
@@ -52,6 +71,7 @@ pub fn mcp_task_newtask(ctx: TracePointContext) -> u32 {
         child: if direct { pid } else { parent.child },
         exit_status: 0,
         flags: 0,
+        binary: 0,
     };
     if TRACKED.insert(pid, child, 0).is_err() {
         count(counter::TRACKED_FULL);
@@ -70,10 +90,15 @@ pub fn mcp_task_newtask(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn mcp_sched_process_exec(ctx: TracePointContext) -> u32 {
     let pid = tgid();
-    let Some(me) = current() else { return 0 };
-    if me.child != pid {
+    let me = current();
+    // A process of no tree may be a proxy starting; a target may have replaced its program.
+    if me.is_none_or(|me| me.root == pid) {
+        if discovering() {
+            send_for(pid, kind::PROCESS_EXEC, crate::now(), u64::from(pid), 0, |_| 0);
+        }
         return 0;
     }
+    let Some(me) = me.filter(|me| me.child == pid) else { return 0 };
     // `__data_loc`: the string's offset in the record (low 16 bits) and its length with
     // the NUL (high 16 bits).
     let Some(loc) = field::<u32>(&ctx, layout().exec_filename) else { return 0 };
@@ -120,7 +145,9 @@ pub fn mcp_sched_process_exit(ctx: TracePointContext) -> u32 {
     let pid = tgid();
     let Some(me) = current() else { return 0 };
     let _ = TRACKED.remove(pid);
-    if me.child == pid {
+    if me.root == pid {
+        send_for(pid, kind::TARGET_EXIT, crate::now(), u64::from(pid), 0, |_| 0);
+    } else if me.child == pid {
         // Without exit_group, the process was ended by a signal.
         let status = if layout.exit_group_error_code == ABSENT {
             EXIT_STATUS_UNKNOWN

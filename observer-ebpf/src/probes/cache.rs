@@ -3,16 +3,22 @@
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use observer_common::{field, kind};
 
-use super::send_labelled;
+use super::{observed, send_labelled};
 
 #[uprobe]
 pub fn mcp_tool_cache_size(ctx: ProbeContext) -> u32 {
+    if !observed(&ctx) {
+        return 0;
+    }
     send_labelled::<{ field::SERVER }>(&ctx, kind::TOOL_CACHE_SIZE, false);
     0
 }
 
 #[uprobe]
 pub fn mcp_classifier_cache(ctx: ProbeContext) -> u32 {
+    if !observed(&ctx) {
+        return 0;
+    }
     send_labelled::<{ field::SERVER }>(&ctx, kind::CLASSIFIER_CACHE, false);
     0
 }

@@ -5,13 +5,26 @@ pub mod pool;
 pub mod request;
 pub mod session;
 
-use aya_ebpf::{helpers::bpf_probe_read_user, programs::ProbeContext};
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_probe_read_user, generated::bpf_get_attach_cookie},
+    programs::ProbeContext,
+};
 use observer_common::{abi, counter};
 
 use crate::{
     event::{read_str, send},
+    hooks::tree,
     maps::count,
 };
+
+/// Whether this hit counts: see [`tree::observed`]. The agent attaches each executable's
+/// uprobes with that executable's id as their cookie.
+#[inline(always)]
+pub fn observed(ctx: &ProbeContext) -> bool {
+    // SAFETY: the helper only reads the program's attach cookie.
+    tree::observed(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) })
+}
 
 /// Reads the probe's struct argument number `arg`; a bad pointer is counted, not sent.
 #[inline(always)]

@@ -5,11 +5,14 @@
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use observer_common::{field, kind};
 
-use super::send_labelled;
+use super::{observed, send_labelled};
 use crate::event::send;
 
 #[uprobe]
 pub fn mcp_backend_connect_start(ctx: ProbeContext) -> u32 {
+    if !observed(&ctx) {
+        return 0;
+    }
     let id = ctx.arg::<u64>(0).unwrap_or(0);
     send(kind::BACKEND_CONNECT_START, crate::now(), id, 0, |_| 0);
     0
@@ -17,31 +20,46 @@ pub fn mcp_backend_connect_start(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn mcp_backend_connect_end(ctx: ProbeContext) -> u32 {
+    if !observed(&ctx) {
+        return 0;
+    }
     send_labelled::<{ field::SERVER }>(&ctx, kind::BACKEND_CONNECT_END, true);
     0
 }
 
 #[uprobe]
 pub fn mcp_backend_disconnect(ctx: ProbeContext) -> u32 {
+    if !observed(&ctx) {
+        return 0;
+    }
     send_labelled::<{ field::SERVER }>(&ctx, kind::BACKEND_DISCONNECT, true);
     0
 }
 
 #[uprobe]
 pub fn mcp_backends_configured(ctx: ProbeContext) -> u32 {
+    if !observed(&ctx) {
+        return 0;
+    }
     let configured = ctx.arg::<u64>(0).unwrap_or(0);
     send(kind::BACKENDS_CONFIGURED, crate::now(), 0, configured, |_| 0);
     0
 }
 
 #[uprobe]
-pub fn mcp_idle_reaper_run(_ctx: ProbeContext) -> u32 {
+pub fn mcp_idle_reaper_run(ctx: ProbeContext) -> u32 {
+    if !observed(&ctx) {
+        return 0;
+    }
     send(kind::IDLE_REAPER_RUN, crate::now(), 0, 0, |_| 0);
     0
 }
 
 #[uprobe]
 pub fn mcp_child_spawn(ctx: ProbeContext) -> u32 {
+    if !observed(&ctx) {
+        return 0;
+    }
     send_labelled::<{ field::SERVER }>(&ctx, kind::CHILD_SPAWN, false);
     0
 }

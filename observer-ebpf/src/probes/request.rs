@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use observer_common::{FLAG_NO_START, InFlightKey, abi, counter, field, kind};
 
-use super::read_arg;
+use super::{observed, read_arg};
 use crate::{
     event::{read_str, send, tgid},
     maps::count,
@@ -31,9 +31,12 @@ fn key(id: u64) -> InFlightKey {
 
 #[uprobe]
 pub fn mcp_request_start(ctx: ProbeContext) -> u32 {
+    if !observed(&ctx) {
+        return 0;
+    }
     let Some(id) = ctx.arg::<u64>(0) else { return 0 };
     match IN_FLIGHT.insert(key(id), crate::now(), BPF_NOEXIST as u64) {
-        Ok(()) => count(counter::REQUESTS_STARTED),
+        Ok(()) => {}
         Err(EEXIST) => count(counter::DUPLICATE_START),
         Err(_) => count(counter::IN_FLIGHT_FULL),
     }
@@ -42,6 +45,9 @@ pub fn mcp_request_start(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn mcp_request_end(ctx: ProbeContext) -> u32 {
+    if !observed(&ctx) {
+        return 0;
+    }
     let Some(id) = ctx.arg::<u64>(0) else { return 0 };
     let now = crate::now();
     let key = key(id);
@@ -49,9 +55,7 @@ pub fn mcp_request_end(ctx: ProbeContext) -> u32 {
     let mut start = unsafe { IN_FLIGHT.get(key) }.copied();
     // Only the end that removes the entry owns the start: two ends racing on one id, or
     // an end racing the agent's expiry, must not both count it.
-    if IN_FLIGHT.remove(key).is_ok() {
-        count(counter::REQUESTS_FINISHED);
-    } else {
+    if IN_FLIGHT.remove(key).is_err() {
         start = None;
     }
     let Some(end) = read_arg::<abi::RequestEnd>(&ctx, 1) else { return 0 };

@@ -4,16 +4,22 @@
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use observer_common::{field, kind};
 
-use super::send_labelled;
+use super::{observed, send_labelled};
 
 #[uprobe]
 pub fn mcp_session_open(ctx: ProbeContext) -> u32 {
+    if !observed(&ctx) {
+        return 0;
+    }
     send_labelled::<{ field::TRANSPORT }>(&ctx, kind::SESSION_OPEN, true);
     0
 }
 
 #[uprobe]
 pub fn mcp_session_close(ctx: ProbeContext) -> u32 {
+    if !observed(&ctx) {
+        return 0;
+    }
     send_labelled::<{ field::TRANSPORT }>(&ctx, kind::SESSION_CLOSE, true);
     0
 }

@@ -1,9 +1,9 @@
 //! ACL decisions and authentication failures.
 
 use observer_common::{ProbeEvent, field};
-use prometheus::{IntCounterVec, Registry};
+use prometheus::IntCounterVec;
 
-use super::counter_vec;
+use super::{Scope, counter_vec};
 use crate::events::{DecodeError, low_u32, name, names};
 
 pub struct Access {
@@ -12,16 +12,16 @@ pub struct Access {
 }
 
 impl Access {
-    pub fn new(registry: &Registry) -> Self {
+    pub fn new(scope: &Scope) -> Self {
         let access = Self {
             acl_decisions: counter_vec(
-                registry,
+                scope,
                 "mcp_proxy_acl_decisions_total",
                 "Tool calls checked by the proxy's ACL, by identity, tool and decision",
                 &["identity", "server", "tool", "decision"],
             ),
             auth_failures: counter_vec(
-                registry,
+                scope,
                 "mcp_proxy_auth_failures_total",
                 "Clients that failed to authenticate",
                 &["reason"],

@@ -3,9 +3,9 @@
 use std::{collections::HashMap, sync::Mutex};
 
 use observer_common::{ProbeEvent, field};
-use prometheus::{IntCounterVec, IntGaugeVec, Registry};
+use prometheus::{IntCounterVec, IntGaugeVec};
 
-use super::{counter_vec, gauge_value, gauge_vec};
+use super::{Scope, counter_vec, gauge_value, gauge_vec};
 use crate::{
     events::{DecodeError, low_u32, name, names, string},
     spans::MAX_OPEN,
@@ -29,22 +29,22 @@ struct Size {
 }
 
 impl Caches {
-    pub fn new(registry: &Registry) -> Self {
+    pub fn new(scope: &Scope) -> Self {
         Self {
             tool_cache_entries: gauge_vec(
-                registry,
+                scope,
                 "mcp_proxy_tool_cache_entries",
                 "Tools in the proxy's tool cache, per backend",
                 &["server"],
             ),
             classifier_hits: counter_vec(
-                registry,
+                scope,
                 "mcp_proxy_classifier_cache_hits_total",
                 "Tool classifications answered from the classifier cache",
                 &["server"],
             ),
             classifier_misses: counter_vec(
-                registry,
+                scope,
                 "mcp_proxy_classifier_cache_misses_total",
                 "Tool classifications the classifier cache could not answer",
                 &["server"],

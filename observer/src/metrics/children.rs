@@ -14,9 +14,9 @@ use std::{
 };
 
 use observer_common::{EXIT_STATUS_KNOWN, EXIT_STATUS_UNKNOWN, FLAG_TRUNCATED_SHIFT, ProbeEvent, field};
-use prometheus::{IntCounterVec, IntGaugeVec, Registry};
+use prometheus::{IntCounterVec, IntGaugeVec};
 
-use super::{counter_vec, gauge_vec};
+use super::{Scope, counter_vec, gauge_vec};
 use crate::{events::string, spans::MAX_OPEN};
 
 /// How long a child waits for the probe's name before it is counted under its executable's.
@@ -68,23 +68,23 @@ fn file_name(path: &[u8]) -> &[u8] {
 }
 
 impl Children {
-    pub fn new(registry: &Registry) -> Self {
+    pub fn new(scope: &Scope) -> Self {
         Self {
             state: Mutex::default(),
             processes: gauge_vec(
-                registry,
+                scope,
                 "mcp_proxy_child_processes",
                 "The proxy's child processes running now, by backend (or executable name)",
                 &["server"],
             ),
             spawns: counter_vec(
-                registry,
+                scope,
                 "mcp_proxy_child_spawns_total",
                 "Child processes the proxy spawned, by backend (or executable name)",
                 &["server"],
             ),
             exits: counter_vec(
-                registry,
+                scope,
                 "mcp_proxy_child_exits_total",
                 "Child processes exited: clean (status 0), error (another status), signal (killed), or unknown (a kernel without syscall tracepoints)",
                 &["server", "outcome"],
@@ -242,7 +242,7 @@ mod tests {
 
     #[test]
     fn a_named_child_is_counted_under_its_backend_and_its_exit_outcome() {
-        let children = Children::new(&Registry::new());
+        let children = Children::new(&Scope::detached());
         children.expect_names(10);
         children.fork(&event(kind::CHILD_FORK, 10, 11, 0, 0, b"proxy\0\0\0"));
         children.exec(&event(kind::CHILD_EXEC, 10, 11, 0, 1, b"/usr/bin/mcp-testbed"), &admit);
@@ -255,7 +255,7 @@ mod tests {
 
     #[test]
     fn without_the_probe_a_child_is_counted_under_its_executable_at_once() {
-        let children = Children::new(&Registry::new());
+        let children = Children::new(&Scope::detached());
         children.fork(&event(kind::CHILD_FORK, 10, 12, 0, 0, b"python3"));
         children.exec(&event(kind::CHILD_EXEC, 10, 12, 0, 1, b"/usr/bin/sleep"), &admit);
         assert_eq!(sample(&children, "sleep"), (1, 1, 0, 0, 0));
@@ -269,7 +269,7 @@ mod tests {
 
     #[test]
     fn a_child_the_probe_never_names_is_counted_after_the_grace() {
-        let children = Children::new(&Registry::new());
+        let children = Children::new(&Scope::detached());
         children.expect_names(10);
         children.fork(&event(kind::CHILD_FORK, 10, 14, 0, 5, b"proxy"));
         children.exec(&event(kind::CHILD_EXEC, 10, 14, 0, 6, b"/bin/sh"), &admit);
@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn a_target_gone_takes_its_children_with_it() {
-        let children = Children::new(&Registry::new());
+        let children = Children::new(&Scope::detached());
         children.existing(10, 15, "node".into());
         children.existing(20, 16, "node".into());
         children.forget(10);

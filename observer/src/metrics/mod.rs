@@ -1,5 +1,6 @@
 //! The Prometheus series, built from decoded probe events (one module per family group),
-//! plus the kernel's per-CPU counters folded in at scrape time.
+//! plus the kernel's per-CPU counters folded in at scrape time. Every `mcp_proxy_*` series
+//! belongs to a workload and carries its labels; the observer's own series do not.
 
 mod access;
 mod caches;
@@ -11,33 +12,33 @@ mod requests;
 mod sessions;
 mod tcp;
 
-use std::sync::{
-    Mutex,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, RwLock, RwLockReadGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use observer_common::{FLAG_TRUNCATED_SHIFT, InFlightKey, ProbeEvent, counter, field, kind};
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-    core::Collector,
+    Encoder as _, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder, core::Collector,
 };
 
 use crate::{
     events::{DecodeError, string},
     labels::{LabelConfig, LabelPolicy},
+    workload::{LABEL_NAMES, WorkloadLabels},
 };
 pub use observer::ObserverMetrics;
 
 pub struct Metrics {
     registry: Registry,
     labels: Mutex<LabelPolicy>,
-    requests: requests::Requests,
-    pool: pool::Pool,
-    caches: caches::Caches,
-    sessions: sessions::Sessions,
-    access: access::Access,
-    tcp: tcp::Tcp,
-    pub children: children::Children,
+    workloads: RwLock<Workloads>,
     pub observer: ObserverMetrics,
     /// Kernel counter totals already folded into the series.
     kernel_seen: Mutex<[u64; counter::COUNT as usize]>,
@@ -45,55 +46,176 @@ pub struct Metrics {
     drained_until: AtomicU64,
 }
 
+/// Every `mcp_proxy_*` family of one workload (a Kubernetes container, or a process
+/// outside Kubernetes): its series carry the workload's labels as constant labels.
+pub struct Workload {
+    requests: requests::Requests,
+    pool: pool::Pool,
+    caches: caches::Caches,
+    sessions: sessions::Sessions,
+    access: access::Access,
+    tcp: tcp::Tcp,
+    children: children::Children,
+}
+
+impl Workload {
+    /// What process `tgid` held open (connections, sessions, children) is gone with it.
+    fn forget(&self, tgid: u32) {
+        self.pool.forget(tgid);
+        self.sessions.forget(tgid);
+        self.caches.forget(tgid);
+        self.tcp.forget(tgid);
+        self.children.forget(tgid);
+    }
+}
+
+/// The workloads, by the target processes that feed them and by their labels.
+#[derive(Default)]
+struct Workloads {
+    by_tgid: HashMap<u32, Arc<Workload>>,
+    by_labels: HashMap<WorkloadLabels, Registered>,
+}
+
+/// A workload and what it registered. It outlives its processes by the retention given
+/// to [`Metrics::retire`]: a restarted container's new process continues its series.
+struct Registered {
+    workload: Arc<Workload>,
+    collectors: Vec<Box<dyn Collector>>,
+    processes: usize,
+    idle_since: Option<Instant>,
+}
+
 impl Metrics {
     pub fn new(labels: LabelConfig) -> Self {
         let registry = Registry::new();
         Self {
             labels: Mutex::new(LabelPolicy::new(labels)),
-            requests: requests::Requests::new(&registry),
-            pool: pool::Pool::new(&registry),
-            caches: caches::Caches::new(&registry),
-            sessions: sessions::Sessions::new(&registry),
-            access: access::Access::new(&registry),
-            tcp: tcp::Tcp::new(&registry),
-            children: children::Children::new(&registry),
-            observer: ObserverMetrics::new(&registry),
+            workloads: RwLock::default(),
+            observer: ObserverMetrics::new(&Scope::new(&registry, HashMap::new())),
             kernel_seen: Mutex::new([0; counter::COUNT as usize]),
             drained_until: AtomicU64::new(0),
             registry,
         }
     }
 
+    fn workloads(&self) -> RwLockReadGuard<'_, Workloads> {
+        self.workloads.read().expect("workloads lock")
+    }
+
+    /// Target process `tgid` feeds the workload `labels` names (created on first use).
+    /// `names_children`: its `child_spawn` probe is attached, so its children wait for
+    /// their names.
+    pub fn add_target(&self, tgid: u32, labels: &WorkloadLabels, names_children: bool) {
+        let mut workloads = self.workloads.write().expect("workloads lock");
+        let registered = workloads.by_labels.entry(labels.clone()).or_insert_with(|| {
+            let scope = Scope::new(
+                &self.registry,
+                LABEL_NAMES
+                    .iter()
+                    .zip(labels.values())
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
+            let workload = Workload {
+                requests: requests::Requests::new(&scope),
+                pool: pool::Pool::new(&scope),
+                caches: caches::Caches::new(&scope),
+                sessions: sessions::Sessions::new(&scope),
+                access: access::Access::new(&scope),
+                tcp: tcp::Tcp::new(&scope),
+                children: children::Children::new(&scope),
+            };
+            Registered {
+                workload: Arc::new(workload),
+                collectors: scope.registered.into_inner(),
+                processes: 0,
+                idle_since: None,
+            }
+        });
+        registered.processes += 1;
+        registered.idle_since = None;
+        if names_children {
+            registered.workload.children.expect_names(tgid);
+        }
+        let workload = registered.workload.clone();
+        if let Some(earlier) = workloads.by_tgid.insert(tgid, workload) {
+            log::warn!("pid {tgid} was still mapped to a workload when added again");
+            drop(earlier);
+        }
+    }
+
+    /// Process `tgid` exited: what it held open is gone with it, and its workload idles
+    /// from now on if it was the last process feeding it.
+    pub fn forget_process(&self, tgid: u32) {
+        let mut workloads = self.workloads.write().expect("workloads lock");
+        let Some(workload) = workloads.by_tgid.remove(&tgid) else { return };
+        workload.forget(tgid);
+        if let Some(registered) =
+            workloads.by_labels.values_mut().find(|r| Arc::ptr_eq(&r.workload, &workload))
+        {
+            registered.processes = registered.processes.saturating_sub(1);
+            if registered.processes == 0 {
+                registered.idle_since = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Removes the series of workloads without a process for `retention`.
+    pub fn retire(&self, retention: Duration) {
+        let mut workloads = self.workloads.write().expect("workloads lock");
+        let retired: Vec<WorkloadLabels> = workloads
+            .by_labels
+            .iter()
+            .filter(|(_, r)| r.idle_since.is_some_and(|since| since.elapsed() >= retention))
+            .map(|(labels, _)| labels.clone())
+            .collect();
+        for labels in retired {
+            let registered = workloads.by_labels.remove(&labels).expect("listed above");
+            for collector in registered.collectors {
+                let _ = self.registry.unregister(collector);
+            }
+            log::info!("{labels}: no process for {retention:?}, its series are removed");
+        }
+    }
+
     pub fn record(&self, event: &ProbeEvent) {
         let kind = event.header.kind;
         self.observer.events.with_label_values(&[kind::NAMES[kind as usize]]).inc();
-        if let Err(error) = self.dispatch(event) {
+        if matches!(kind, kind::PROCESS_EXEC | kind::TARGET_EXIT) {
+            return;
+        }
+        let Some(workload) = self.workloads().by_tgid.get(&event.header.tgid).cloned() else {
+            self.observer.orphan_events.inc();
+            return;
+        };
+        if let Err(error) = self.dispatch(&workload, event) {
             self.decode_error(&error);
         }
     }
 
     /// Each family checks the event's ABI values before it asks for labels: an undefined
     /// value must not spend a slot of a label's cap.
-    fn dispatch(&self, ev: &ProbeEvent) -> Result<(), DecodeError> {
+    fn dispatch(&self, w: &Workload, ev: &ProbeEvent) -> Result<(), DecodeError> {
         let label = |slot| self.label(ev, slot);
+        let admit = |name: &[u8], cut| self.admit(field::SERVER, name, cut);
         match ev.header.kind {
-            kind::REQUEST_END => self.requests.end(ev, label, &self.observer)?,
-            kind::ACL_DECISION => self.access.acl_decision(ev, label)?,
-            kind::AUTH_FAILURE => self.access.auth_failure(ev)?,
-            kind::BACKEND_CONNECT_START => self.pool.connect_start(ev),
-            kind::BACKEND_CONNECT_END => self.pool.connect_end(ev, label, &self.observer)?,
-            kind::BACKEND_DISCONNECT => self.pool.disconnect(ev, label, &self.observer)?,
-            kind::BACKENDS_CONFIGURED => self.pool.configured(ev),
-            kind::IDLE_REAPER_RUN => self.pool.reaper_runs.inc(),
-            kind::CHILD_SPAWN => self.children.named(ev, label(field::SERVER)),
-            kind::SESSION_OPEN => self.sessions.open(ev, label(field::TRANSPORT)),
-            kind::SESSION_CLOSE => self.sessions.close(ev, label, &self.observer)?,
-            kind::TOOL_CACHE_SIZE => self.caches.tool_cache_size(ev, label(field::SERVER)),
-            kind::CLASSIFIER_CACHE => self.caches.classifier_lookup(ev, label)?,
-            kind::TCP_OPEN..=kind::TCP_RETRANSMIT => self.tcp.record(ev, &self.observer)?,
-            kind::CHILD_FORK => self.children.fork(ev),
-            kind::CHILD_EXEC => self.children.exec(ev, &|name, cut| self.admit(field::SERVER, name, cut)),
-            kind::CHILD_EXIT => self.children.exit(ev, &|name, cut| self.admit(field::SERVER, name, cut)),
+            kind::REQUEST_END => w.requests.end(ev, label, &self.observer)?,
+            kind::ACL_DECISION => w.access.acl_decision(ev, label)?,
+            kind::AUTH_FAILURE => w.access.auth_failure(ev)?,
+            kind::BACKEND_CONNECT_START => w.pool.connect_start(ev),
+            kind::BACKEND_CONNECT_END => w.pool.connect_end(ev, label, &self.observer)?,
+            kind::BACKEND_DISCONNECT => w.pool.disconnect(ev, label, &self.observer)?,
+            kind::BACKENDS_CONFIGURED => w.pool.configured(ev),
+            kind::IDLE_REAPER_RUN => w.pool.reaper_runs.inc(),
+            kind::CHILD_SPAWN => w.children.named(ev, label(field::SERVER)),
+            kind::SESSION_OPEN => w.sessions.open(ev, label(field::TRANSPORT)),
+            kind::SESSION_CLOSE => w.sessions.close(ev, label, &self.observer)?,
+            kind::TOOL_CACHE_SIZE => w.caches.tool_cache_size(ev, label(field::SERVER)),
+            kind::CLASSIFIER_CACHE => w.caches.classifier_lookup(ev, label)?,
+            kind::TCP_OPEN..=kind::TCP_RETRANSMIT => w.tcp.record(ev, &self.observer)?,
+            kind::CHILD_FORK => w.children.fork(ev),
+            kind::CHILD_EXEC => w.children.exec(ev, &admit),
+            kind::CHILD_EXIT => w.children.exit(ev, &admit),
             kind => return Err(DecodeError::UnknownKind { kind }),
         }
         Ok(())
@@ -127,21 +249,28 @@ impl Metrics {
     /// A request the agent expired from the kernel's in-flight map; `remove` deletes it
     /// there and says whether it was still present (its end may have just won the race).
     pub fn expire_request(&self, key: InFlightKey, remove: impl FnOnce() -> bool) {
-        self.requests.expire(key, remove);
+        match self.workloads().by_tgid.get(&key.tgid) {
+            Some(workload) => workload.requests.expire(key, remove),
+            // Not a target's (any more): nobody's series to count it in.
+            None => {
+                remove();
+            }
+        }
     }
 
-    pub fn set_oldest_in_flight(&self, seconds: f64) {
-        self.requests.oldest_in_flight.set(seconds);
-    }
-
-    /// Process `tgid` exited: what it held open (connections, sessions, children) is gone
-    /// with it.
-    pub fn forget_process(&self, tgid: u32) {
-        self.pool.forget(tgid);
-        self.sessions.forget(tgid);
-        self.caches.forget(tgid);
-        self.tcp.forget(tgid);
-        self.children.forget(tgid);
+    /// Sets each workload's requests in flight and the age of its oldest one from the
+    /// kernel's in-flight map: (count, oldest age in ns) by process.
+    pub fn set_in_flight(&self, by_tgid: &HashMap<u32, (u64, u64)>) {
+        let workloads = self.workloads();
+        for registered in workloads.by_labels.values() {
+            let (count, oldest) = workloads
+                .by_tgid
+                .iter()
+                .filter(|(_, w)| Arc::ptr_eq(w, &registered.workload))
+                .filter_map(|(tgid, _)| by_tgid.get(tgid))
+                .fold((0, 0), |(count, oldest), &(n, age)| (count + n, oldest.max(age)));
+            registered.workload.requests.set_in_flight(count, oldest);
+        }
     }
 
     /// The reader emptied the ring buffer after `ns`.
@@ -153,13 +282,17 @@ impl Metrics {
     /// read, not by the clock: a reader running late must not miss names waiting in the ring.
     pub fn tick(&self) {
         let drained = self.drained_until.load(Ordering::Relaxed);
-        self.children.tick(drained, &|name, cut| self.admit(field::SERVER, name, cut));
+        for registered in self.workloads().by_labels.values() {
+            registered.workload.children.tick(drained, &|name, cut| self.admit(field::SERVER, name, cut));
+        }
     }
 
     /// A child target `tgid` already had when the agent attached, named after its executable.
     pub fn existing_child(&self, tgid: u32, pid: u32, executable: &str) {
         let label = self.admit(field::SERVER, executable.as_bytes(), false);
-        self.children.existing(tgid, pid, label);
+        if let Some(workload) = self.workloads().by_tgid.get(&tgid) {
+            workload.children.existing(tgid, pid, label);
+        }
     }
 
     /// Folds the kernel's counter totals (summed over CPUs) into the series. Totals only
@@ -178,10 +311,6 @@ impl Metrics {
         for (index, map) in observer::FULL_MAPS {
             self.observer.map_full.with_label_values(&[map]).inc_by(delta(index));
         }
-        self.requests.set_in_flight(
-            totals[counter::REQUESTS_STARTED as usize],
-            totals[counter::REQUESTS_FINISHED as usize],
-        );
         *seen = totals;
     }
 
@@ -193,36 +322,145 @@ impl Metrics {
     }
 }
 
+/// Where families are registered, and the constant labels of their series: a workload's
+/// for `mcp_proxy_*`, none for the observer's own. Keeps what it registered, so that a
+/// retired workload's series can be removed.
+pub struct Scope<'a> {
+    registry: &'a Registry,
+    labels: HashMap<String, String>,
+    registered: RefCell<Vec<Box<dyn Collector>>>,
+}
+
+impl<'a> Scope<'a> {
+    fn new(registry: &'a Registry, labels: HashMap<String, String>) -> Self {
+        Self { registry, labels, registered: RefCell::default() }
+    }
+
+    /// A scope of its own, for unit tests of one family.
+    #[cfg(test)]
+    pub fn detached() -> Self {
+        Self::new(Box::leak(Box::new(Registry::new())), HashMap::new())
+    }
+
+    /// Registers `collector` and hands it back.
+    fn register<C: Collector + Clone + 'static>(&self, collector: C) -> C {
+        self.registry.register(Box::new(collector.clone())).expect("unique metric names and label sets");
+        self.registered.borrow_mut().push(Box::new(collector.clone()));
+        collector
+    }
+
+    fn opts(&self, name: &str, help: &str) -> Opts {
+        Opts::new(name, help).const_labels(self.labels.clone())
+    }
+}
+
 /// A sum of untrusted numbers as a gauge value, saturating instead of wrapping.
 fn gauge_value(values: impl Iterator<Item = u64>) -> i64 {
     i64::try_from(values.fold(0u64, u64::saturating_add)).unwrap_or(i64::MAX)
 }
 
-/// Registers `collector` and hands it back.
-fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
-    registry.register(Box::new(collector.clone())).expect("unique metric names");
-    collector
+fn counter_vec(scope: &Scope, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    scope.register(IntCounterVec::new(scope.opts(name, help), labels).expect("valid metric"))
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    register(registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+fn gauge_vec(scope: &Scope, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    scope.register(IntGaugeVec::new(scope.opts(name, help), labels).expect("valid metric"))
 }
 
-fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    register(registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+fn int_counter(scope: &Scope, name: &str, help: &str) -> IntCounter {
+    scope.register(IntCounter::with_opts(scope.opts(name, help)).expect("valid metric"))
 }
 
-fn histogram_vec(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-    buckets: &[f64],
-) -> HistogramVec {
-    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
-    register(registry, HistogramVec::new(opts, labels).expect("valid metric"))
+fn int_gauge(scope: &Scope, name: &str, help: &str) -> IntGauge {
+    scope.register(IntGauge::with_opts(scope.opts(name, help)).expect("valid metric"))
+}
+
+fn gauge(scope: &Scope, name: &str, help: &str) -> Gauge {
+    scope.register(Gauge::with_opts(scope.opts(name, help)).expect("valid metric"))
+}
+
+fn histogram_vec(scope: &Scope, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    let opts = HistogramOpts::from(scope.opts(name, help)).buckets(buckets.to_vec());
+    scope.register(HistogramVec::new(opts, labels).expect("valid metric"))
 }
 
 /// Buckets for things that live long: backend connections and client sessions, 100 ms to a day.
 const LIFETIME_BUCKETS: &[f64] =
     &[0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0, 43200.0, 86400.0];
+
+#[cfg(test)]
+mod tests {
+    use observer_common::{EventHeader, field};
+
+    use super::*;
+    use crate::labels::IdentityMode;
+
+    fn metrics() -> Metrics {
+        Metrics::new(LabelConfig {
+            max_values: [10; field::COUNT],
+            tool_allowlist: None,
+            identity: IdentityMode::Keep,
+            identity_salt: String::new(),
+        })
+    }
+
+    fn pod(name: &str) -> WorkloadLabels {
+        WorkloadLabels {
+            namespace: "ns".into(),
+            pod: name.into(),
+            container: "proxy".into(),
+            ..Default::default()
+        }
+    }
+
+    fn reaper_run(tgid: u32) -> ProbeEvent {
+        // SAFETY: all-zero is a valid ProbeEvent.
+        let mut ev: ProbeEvent = unsafe { std::mem::zeroed() };
+        ev.header = EventHeader { kind: kind::IDLE_REAPER_RUN, tgid, ts_ns: 1 };
+        ev
+    }
+
+    /// The idle-reaper series of each pod: (pod, value).
+    fn reaper_runs(metrics: &Metrics) -> Vec<(String, String)> {
+        let text = metrics.encode();
+        let mut found: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("mcp_proxy_idle_reaper_runs_total{"))
+            .map(|l| {
+                let pod = l.split("pod=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+                (pod, l.rsplit(' ').next().unwrap().to_string())
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn a_restarted_process_continues_its_workloads_series_until_retired() {
+        let metrics = metrics();
+        metrics.add_target(10, &pod("a"), false);
+        metrics.add_target(20, &pod("b"), false);
+        metrics.record(&reaper_run(10));
+        metrics.record(&reaper_run(20));
+        metrics.forget_process(10);
+        metrics.record(&reaper_run(10));
+        assert_eq!(metrics.observer.orphan_events.get(), 1, "a forgotten process counts nowhere");
+        // The container's new process, under the same labels.
+        metrics.add_target(11, &pod("a"), false);
+        metrics.record(&reaper_run(11));
+        assert_eq!(reaper_runs(&metrics), [("a".into(), "2".into()), ("b".into(), "1".into())]);
+        // A second process of the same container: the first one's end does not idle it.
+        metrics.add_target(13, &pod("a"), false);
+        metrics.forget_process(13);
+        metrics.retire(Duration::ZERO);
+        assert_eq!(reaper_runs(&metrics).len(), 2, "both workloads still have a process");
+        metrics.forget_process(11);
+        metrics.retire(Duration::from_secs(3600));
+        assert_eq!(reaper_runs(&metrics).len(), 2, "kept for the retention");
+        metrics.retire(Duration::ZERO);
+        assert_eq!(reaper_runs(&metrics), [("b".into(), "1".into())]);
+        // Its labels can come back: registered anew, from zero.
+        metrics.add_target(12, &pod("a"), false);
+        assert_eq!(reaper_runs(&metrics), [("a".into(), "0".into()), ("b".into(), "1".into())]);
+    }
+}

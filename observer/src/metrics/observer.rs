@@ -2,9 +2,9 @@
 //! and the defects of the observed proxy that it counts instead of trusting.
 
 use observer_common::{counter, kind};
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 
-use super::{counter_vec, register};
+use super::{Scope, counter_vec, int_counter, int_gauge};
 
 /// The kernel counters of maps that were full, with their `map` label.
 pub const FULL_MAPS: [(u32, &str); 2] =
@@ -14,7 +14,9 @@ pub struct ObserverMetrics {
     pub events: IntCounterVec,
     pub events_lost: IntCounterVec,
     pub probes_attached: IntGauge,
+    pub binaries_attached: IntGauge,
     pub targets: IntGauge,
+    pub orphan_events: IntCounter,
     pub decode_errors: IntCounter,
     pub label_overflow: IntCounterVec,
     pub label_truncated: IntCounterVec,
@@ -33,41 +35,47 @@ impl ObserverMetrics {
         self.unmatched_ends.with_label_values(&[kind::NAMES[kind as usize]]).inc();
     }
 
-    pub fn new(registry: &Registry) -> Self {
-        let int_counter =
-            |name: &str, help: &str| register(registry, IntCounter::new(name, help).expect("valid metric"));
-        let int_gauge =
-            |name: &str, help: &str| register(registry, IntGauge::new(name, help).expect("valid metric"));
+    pub fn new(scope: &Scope) -> Self {
+        let int_counter = |name: &str, help: &str| int_counter(scope, name, help);
+        let int_gauge = |name: &str, help: &str| int_gauge(scope, name, help);
         let metrics = Self {
             events: counter_vec(
-                registry,
+                scope,
                 "mcp_observer_events_total",
                 "Events received from the kernel",
                 &["kind"],
             ),
             events_lost: counter_vec(
-                registry,
+                scope,
                 "mcp_observer_events_lost_total",
                 "Events dropped in the kernel because the ring buffer was full",
                 &["kind"],
             ),
             probes_attached: int_gauge(
                 "mcp_observer_probes_attached",
-                "Probe functions with an attached uprobe",
+                "Uprobes attached: probe functions, per executable file of the targets",
+            ),
+            binaries_attached: int_gauge(
+                "mcp_observer_binaries_attached",
+                "Executable files with attached uprobes (each shared by every target that runs it)",
             ),
             targets: int_gauge("mcp_observer_targets", "Observed proxy processes still running"),
+            orphan_events: int_counter(
+                "mcp_observer_orphan_events_total",
+                "Events of a process that was no longer a target when they were read (not counted in any series)",
+            ),
             decode_errors: int_counter(
                 "mcp_observer_decode_errors_total",
                 "Ring-buffer records or probe arguments that could not be decoded",
             ),
             label_overflow: counter_vec(
-                registry,
+                scope,
                 "mcp_observer_label_overflow_total",
                 "Label values folded into __other__ by a per-label cap or the tool allowlist",
                 &["label"],
             ),
             label_truncated: counter_vec(
-                registry,
+                scope,
                 "mcp_observer_label_truncated_total",
                 "Label values cut at their byte bound in the kernel",
                 &["label"],
@@ -85,7 +93,7 @@ impl ObserverMetrics {
                 "Request starts reusing the id of a request still in flight (the first start is kept)",
             ),
             map_full: counter_vec(
-                registry,
+                scope,
                 "mcp_observer_map_full_total",
                 "Processes (tracked) or connections (sockets) of the targets the kernel could not track: its map was full",
                 &["map"],
@@ -95,7 +103,7 @@ impl ObserverMetrics {
                 "Kernel hooks (tracepoints on sockets and processes) attached",
             ),
             unmatched_ends: counter_vec(
-                registry,
+                scope,
                 "mcp_observer_unmatched_ends_total",
                 "Ends (request end, connect end, disconnect, session close) whose start was not seen: counted, without a duration",
                 &["kind"],

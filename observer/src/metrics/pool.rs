@@ -4,11 +4,11 @@
 use std::{collections::HashMap, sync::Mutex};
 
 use observer_common::{ProbeEvent, field, kind};
-use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge};
 
 use super::{
-    LIFETIME_BUCKETS, ObserverMetrics, counter_vec, gauge_value, gauge_vec, histogram_vec, live::Live,
-    register,
+    LIFETIME_BUCKETS, ObserverMetrics, Scope, counter_vec, gauge_value, gauge_vec, histogram_vec,
+    int_counter, int_gauge, live::Live,
 };
 use crate::{
     events::{DecodeError, low_u32, name, names},
@@ -33,51 +33,48 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(registry: &Registry) -> Self {
+    pub fn new(scope: &Scope) -> Self {
         let connected =
-            gauge_vec(registry, "mcp_proxy_backends_connected", "Backend connections open now", &["server"]);
+            gauge_vec(scope, "mcp_proxy_backends_connected", "Backend connections open now", &["server"]);
         let lifetime = histogram_vec(
-            registry,
+            scope,
             "mcp_proxy_backend_connection_lifetime_seconds",
             "How long a backend connection lived, between the kernel timestamps of connect and disconnect",
             &["server"],
             LIFETIME_BUCKETS,
         );
         Self {
-            configured: register(
-                registry,
-                IntGauge::new("mcp_proxy_backends_configured", "Backends in the proxies' configuration")
-                    .expect("valid metric"),
+            configured: int_gauge(
+                scope,
+                "mcp_proxy_backends_configured",
+                "Backends in the proxy's configuration",
             ),
             configured_by_process: Mutex::default(),
             connecting: Mutex::default(),
             connections: Live::new(connected, lifetime, kind::BACKEND_DISCONNECT),
             connects: counter_vec(
-                registry,
+                scope,
                 "mcp_proxy_backend_connects_total",
                 "Backend connection attempts: initial or lazy (on demand, after a disconnect), ok or error",
                 &["server", "kind", "result"],
             ),
             connect_duration: histogram_vec(
-                registry,
+                scope,
                 "mcp_proxy_backend_connect_duration_seconds",
                 "Time to connect a backend, between the kernel timestamps of connect start and end",
                 &["server"],
                 CONNECT_BUCKETS,
             ),
             disconnects: counter_vec(
-                registry,
+                scope,
                 "mcp_proxy_backend_disconnects_total",
                 "Backend connections closed: idle_reaped, error or shutdown",
                 &["server", "reason"],
             ),
-            reaper_runs: register(
-                registry,
-                IntCounter::new(
-                    "mcp_proxy_idle_reaper_runs_total",
-                    "Passes of the proxy's idle-backend reaper",
-                )
-                .expect("valid metric"),
+            reaper_runs: int_counter(
+                scope,
+                "mcp_proxy_idle_reaper_runs_total",
+                "Passes of the proxy's idle-backend reaper",
             ),
         }
     }

@@ -7,9 +7,9 @@ use std::{
 };
 
 use observer_common::{FLAG_NO_START, InFlightKey, ProbeEvent, field, kind};
-use prometheus::{Gauge, HistogramVec, IntCounterVec, IntGauge, Registry};
+use prometheus::{Gauge, HistogramVec, IntCounterVec, IntGauge};
 
-use super::{ObserverMetrics, counter_vec, histogram_vec, register};
+use super::{ObserverMetrics, Scope, counter_vec, gauge, histogram_vec, int_gauge};
 use crate::events::{DecodeError, name, names};
 
 /// Request latency buckets, 1 ms to 300 s (a slow tool call can take minutes).
@@ -25,14 +25,13 @@ pub struct Requests {
     total: IntCounterVec,
     duration: HistogramVec,
     in_flight: IntGauge,
-    pub oldest_in_flight: Gauge,
+    oldest_in_flight: Gauge,
     expired: Mutex<Expired>,
 }
 
-/// Requests the agent expired: how many, and the most recent keys.
+/// The most recent requests the agent expired.
 #[derive(Default)]
 struct Expired {
-    count: u64,
     order: VecDeque<InFlightKey>,
     keys: HashSet<InFlightKey>,
 }
@@ -53,36 +52,30 @@ impl Expired {
 }
 
 impl Requests {
-    pub fn new(registry: &Registry) -> Self {
+    pub fn new(scope: &Scope) -> Self {
         Self {
             total: counter_vec(
-                registry,
+                scope,
                 "mcp_proxy_requests_total",
                 "MCP requests handled by the proxy",
                 &LABELS,
             ),
             duration: histogram_vec(
-                registry,
+                scope,
                 "mcp_proxy_request_duration_seconds",
                 "Request latency from the proxy's request_start to request_end probe, measured in the kernel",
                 &LABELS,
                 DURATION_BUCKETS,
             ),
-            in_flight: register(
-                registry,
-                IntGauge::new(
-                    "mcp_proxy_requests_in_flight",
-                    "Requests started and not yet ended or expired",
-                )
-                .expect("valid metric"),
+            in_flight: int_gauge(
+                scope,
+                "mcp_proxy_requests_in_flight",
+                "Requests started and not yet ended or expired",
             ),
-            oldest_in_flight: register(
-                registry,
-                Gauge::new(
-                    "mcp_proxy_request_oldest_in_flight_seconds",
-                    "Age of the oldest request in flight (0 when none), from the kernel's start times",
-                )
-                .expect("valid metric"),
+            oldest_in_flight: gauge(
+                scope,
+                "mcp_proxy_request_oldest_in_flight_seconds",
+                "Age of the oldest request in flight (0 when none), from the kernel's start times",
             ),
             expired: Mutex::default(),
         }
@@ -120,7 +113,6 @@ impl Requests {
         let mut expired = self.expired.lock().expect("expired lock");
         let remembered = expired.remember(key);
         if remove() {
-            expired.count += 1;
             self.total.with_label_values(&EXPIRED).inc();
         } else if remembered {
             // Its end won the race: not expired after all.
@@ -128,8 +120,9 @@ impl Requests {
         }
     }
 
-    pub fn set_in_flight(&self, started: u64, finished: u64) {
-        let expired = self.expired.lock().expect("expired lock").count;
-        self.in_flight.set(started.saturating_sub(finished).saturating_sub(expired) as i64);
+    /// From the kernel's in-flight map, read after the expired requests left it.
+    pub fn set_in_flight(&self, count: u64, oldest_ns: u64) {
+        self.in_flight.set(i64::try_from(count).unwrap_or(i64::MAX));
+        self.oldest_in_flight.set(oldest_ns as f64 / 1e9);
     }
 }

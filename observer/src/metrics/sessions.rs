@@ -2,9 +2,9 @@
 //! kernel timestamps of the open and close probes.
 
 use observer_common::{ProbeEvent, field, kind};
-use prometheus::{IntCounterVec, Registry};
+use prometheus::IntCounterVec;
 
-use super::{LIFETIME_BUCKETS, ObserverMetrics, counter_vec, gauge_vec, histogram_vec, live::Live};
+use super::{LIFETIME_BUCKETS, ObserverMetrics, Scope, counter_vec, gauge_vec, histogram_vec, live::Live};
 use crate::events::{DecodeError, low_u32, name, names};
 
 pub struct Sessions {
@@ -15,11 +15,11 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    pub fn new(registry: &Registry) -> Self {
+    pub fn new(scope: &Scope) -> Self {
         let active =
-            gauge_vec(registry, "mcp_proxy_sessions_active", "Client sessions open now", &["transport"]);
+            gauge_vec(scope, "mcp_proxy_sessions_active", "Client sessions open now", &["transport"]);
         let duration = histogram_vec(
-            registry,
+            scope,
             "mcp_proxy_session_duration_seconds",
             "How long a client session lasted, between the kernel timestamps of open and close",
             &["transport"],
@@ -28,13 +28,13 @@ impl Sessions {
         Self {
             live: Live::new(active, duration, kind::SESSION_CLOSE),
             opened: counter_vec(
-                registry,
+                scope,
                 "mcp_proxy_sessions_opened_total",
                 "Client sessions opened",
                 &["transport"],
             ),
             closed: counter_vec(
-                registry,
+                scope,
                 "mcp_proxy_sessions_closed_total",
                 "Client sessions closed: client_closed, expired, shutdown or error",
                 &["transport", "reason"],

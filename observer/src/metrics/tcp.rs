@@ -3,9 +3,9 @@
 //! retransmission), resets and retransmissions.
 
 use observer_common::{ProbeEvent, kind};
-use prometheus::{IntCounterVec, Registry};
+use prometheus::IntCounterVec;
 
-use super::{ObserverMetrics, counter_vec, gauge_vec, histogram_vec, live::Live};
+use super::{ObserverMetrics, Scope, counter_vec, gauge_vec, histogram_vec, live::Live};
 use crate::events::{DecodeError, low_u32, name, names};
 
 /// Connections live from a health check's milliseconds to a streaming client's day.
@@ -25,15 +25,15 @@ pub struct Tcp {
 }
 
 impl Tcp {
-    pub fn new(registry: &Registry) -> Self {
+    pub fn new(scope: &Scope) -> Self {
         let active = gauge_vec(
-            registry,
+            scope,
             "mcp_proxy_tcp_connections_active",
             "TCP connections of the proxy's process tree open now: inbound (accepted on a port it listens on) or outbound",
             &["direction"],
         );
         let duration = histogram_vec(
-            registry,
+            scope,
             "mcp_proxy_tcp_connection_duration_seconds",
             "How long a TCP connection lasted, from the end of its handshake to its close",
             &["direction"],
@@ -42,31 +42,31 @@ impl Tcp {
         let tcp = Self {
             live: Live::new(active.clone(), duration, kind::TCP_CLOSE),
             opened: counter_vec(
-                registry,
+                scope,
                 "mcp_proxy_tcp_connections_opened_total",
                 "TCP connections established",
                 &["direction"],
             ),
             closed: counter_vec(
-                registry,
+                scope,
                 "mcp_proxy_tcp_connections_closed_total",
                 "TCP connections closed",
                 &["direction"],
             ),
             timeouts: counter_vec(
-                registry,
+                scope,
                 "mcp_proxy_tcp_timeouts_total",
                 "TCP connections aborted by a timer: keepalive (the peer stopped answering probes) or retransmission (data or a SYN never acknowledged)",
                 &["direction", "kind"],
             ),
             resets: counter_vec(
-                registry,
+                scope,
                 "mcp_proxy_tcp_resets_total",
                 "TCP resets sent or received on the proxy's connections",
                 &["direction"],
             ),
             retransmits: counter_vec(
-                registry,
+                scope,
                 "mcp_proxy_tcp_retransmits_total",
                 "TCP segments retransmitted on the proxy's connections",
                 &["direction"],

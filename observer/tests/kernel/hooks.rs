@@ -10,7 +10,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::json;
@@ -55,13 +55,6 @@ impl Sink {
         });
         Sink { addr, accepted }
     }
-}
-
-/// Opens `count` connections to `addr` at once, holds them `hold`, then closes them.
-fn hold_connections(addr: &str, count: usize, hold: Duration) {
-    let streams: Vec<TcpStream> = (0..count).map(|_| TcpStream::connect(addr).unwrap()).collect();
-    std::thread::sleep(hold);
-    drop(streams);
 }
 
 /// One `tools/call` through the testbed's client, whose reply must be JSON-RPC.
@@ -171,6 +164,60 @@ print('done', flush=True)"
         assert_eq!(value(metrics, TCP_CLOSED, &[INBOUND]), 3.0);
         assert_eq!(value(metrics, TCP_ACTIVE, &[INBOUND]), 0.0);
     }
+}
+
+#[test]
+fn two_proxies_on_one_port_in_two_namespaces_count_their_own_and_the_survivor_goes_on() {
+    let _serial = kernel_test();
+    // Two pods' proxies on the same port, each in its network namespace.
+    let (first_ns, second_ns) = (Netns::new("port-a"), Netns::new("port-b"));
+    let proxy_in = |netns: &Netns| {
+        let mut command = netns.command(testbed_bin());
+        command.args(["proxy", "--listen", "127.0.0.1:18080"]);
+        Running::spawn(command, " serving ")
+    };
+    let (first, second) = (proxy_in(&first_ns), proxy_in(&second_ns));
+    let observer = start_observer(&[first.pid(), second.pid()], &[]);
+    // `count` connections from inside `netns`, each read by the proxy (a request line).
+    let connect = |netns: &Netns, count: usize| {
+        let script = format!(
+            "import socket
+for _ in range({count}):
+    c = socket.create_connection(('127.0.0.1', 18080)); c.sendall(b'GET /healthz HTTP/1.0\\r\\n\\r\\n'); c.recv(1); c.close()
+print('done', flush=True)"
+        );
+        let mut client = netns.command("python3");
+        client.args(["-c", &script]);
+        assert_eq!(Client::spawn(client).1, "done");
+    };
+    let (first_pid, second_pid) = (first.pid().to_string(), second.pid().to_string());
+    let opened = |m: &prometheus_parse::Scrape, pid: &str| value(m, TCP_OPENED, &[INBOUND, ("pid", pid)]);
+    connect(&first_ns, 3);
+    connect(&second_ns, 2);
+    scrape_until(&observer, "3 and 2 inbound connections", |m| {
+        opened(m, &first_pid) == 3.0 && opened(m, &second_pid) == 2.0
+    });
+    // The first exits (its listener closes); once the agent forgot it (1 to 2 s later),
+    // the second's port is registered again: its connections count again.
+    first.signal(libc::SIGKILL);
+    scrape_until(&observer, "one target left", |m| value(m, "mcp_observer_targets", &[]) == 1.0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counted = loop {
+        connect(&second_ns, 1);
+        std::thread::sleep(Duration::from_millis(100));
+        let counted = opened(&scrape(&observer), &second_pid);
+        if counted > 2.0 {
+            // Settled: a connection made just before may still be on its way.
+            std::thread::sleep(Duration::from_millis(300));
+            break opened(&scrape(&observer), &second_pid);
+        }
+        assert!(Instant::now() < deadline, "the survivor's connections are not counted again");
+    };
+    connect(&second_ns, 4);
+    let metrics =
+        scrape_until(&observer, "the survivor's 4 more", |m| opened(m, &second_pid) >= counted + 4.0);
+    assert_eq!(opened(&metrics, &second_pid), counted + 4.0);
+    assert_eq!(opened(&metrics, &first_pid), 3.0);
 }
 
 /// A network namespace of the test's own, deleted on drop.
@@ -292,19 +339,6 @@ fn keepalive_and_retransmission_timeouts_when_the_peer_goes_silent() {
     let metrics = scrape(&observer);
     assert_eq!(value(&metrics, TCP_TIMEOUTS, &[]), 2.0);
     assert_eq!(value(&metrics, TCP_OPENED, &[]), 2.0);
-}
-
-/// The pids of `pid`'s children whose command line contains `needle`.
-fn children_of(pid: u32, needle: &str) -> Vec<u32> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
-    tasks
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
-        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
-        .filter(|child| {
-            std::fs::read(format!("/proc/{child}/cmdline"))
-                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(needle))
-        })
-        .collect()
 }
 
 #[test]
@@ -489,7 +523,8 @@ fn tracefs_is_mounted_when_absent_and_named_when_it_cannot_be() {
     assert!(stdout.contains("10 tracepoints attached"), "{stdout}");
 
     let without_sys_admin = [&unmounted[..], &["setpriv", "--bounding-set", "-sys_admin", "--"]].concat();
-    let (code, _, stderr) = observe_once(&["--pid", &pid, "--check"], &without_sys_admin);
+    // Kernel-only: creating uprobes takes CAP_SYS_ADMIN too.
+    let (code, _, stderr) = observe_once(&["--pid", &pid, "--check", "--kernel-only"], &without_sys_admin);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.starts_with("mcp-observe: error: tracefs is absent"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

@@ -2,6 +2,7 @@
 //! processes, checked against the load client's ground truth. They need root and run
 //! one at a time; when not root they fail, they never skip.
 
+mod agent;
 mod catalogue;
 mod hooks;
 mod support;
@@ -171,7 +172,16 @@ fn errors_name_the_problem_and_the_next_step() {
     assert_eq!(code, 1);
     assert_eq!(
         stderr,
-        "mcp-observe: error: missing capability CAP_BPF: run mcp-observe as root, or grant it CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE\n"
+        "mcp-observe: error: missing capability CAP_SYS_ADMIN: this kernel creates uprobes for CAP_SYS_ADMIN only (CAP_PERFMON was enough before a 2025 security fix); grant it, or add --kernel-only for the TCP and child-process metrics alone\n"
+    );
+    let (code, _, stderr) = observe_once(
+        &["--pid", &pid, "--check", "--kernel-only"],
+        &["capsh", "--drop=cap_bpf,cap_sys_admin", "--", "-c", "exec \"$0\" \"$@\""],
+    );
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr,
+        "mcp-observe: error: missing capability CAP_BPF: run mcp-observe as root, or grant it CAP_BPF and CAP_PERFMON (the node-wide agent also CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)\n"
     );
 
     let (code, _, stderr) = observe_once(&["--pid", &pid, "--check", "--ring-buffer-bytes", "5000"], &[]);
@@ -180,6 +190,33 @@ fn errors_name_the_problem_and_the_next_step() {
         stderr,
         "mcp-observe: error: --ring-buffer-bytes 5000 is invalid: it must be a power of two and a multiple of the page size (4096), e.g. 262144\n"
     );
+
+    let (code, _, stderr) = observe_once(&["agent", "--check", "--proc", "/tmp"], &[]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr,
+        "mcp-observe: error: --proc /tmp: no process 1 there, so it is not a procfs; give the host's /proc (mounted with hostPID: true at /proc)\n"
+    );
+
+    // A process of a tree given with its root.
+    let mut parent = Command::new("sh").args(["-c", "sleep 30 & wait"]).spawn().unwrap();
+    wait_for(Duration::from_secs(5), "the child sleep", || !children_of(parent.id(), "sleep").is_empty());
+    let child = children_of(parent.id(), "sleep")[0].to_string();
+    let root = parent.id().to_string();
+    // In either order.
+    let (code, _, stderr) = observe_once(&["--pid", &child, "--pid", &root, "--kernel-only", "--check"], &[]);
+    // SAFETY: ending the test's own processes.
+    unsafe { libc::kill(child.parse().unwrap(), libc::SIGKILL) };
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        stderr.ends_with(&format!(
+            "\nmcp-observe: error: pid {child} belongs to the process tree of pid {root}, which is observed already: pass only --pid {root}\n"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("error").count(), 1, "{stderr}");
 }
 
 #[test]
@@ -244,9 +281,9 @@ fn a_misbehaving_proxy_is_counted_not_trusted() {
     proxy.stdin.take().unwrap().write_all(b"go\n").unwrap();
     assert!(proxy.wait_with_output().unwrap().status.success());
     // Six request ends (the one with a null RequestEnd cannot become an event), four ACL
-    // decisions (one null), one disconnect and one session close.
-    wait_for(Duration::from_secs(5), "ten events", || {
-        value(&scrape(&observer), "mcp_observer_events_total", &[]) == 10.0
+    // decisions (one null), one disconnect, one session close and the proxy's exit.
+    wait_for(Duration::from_secs(5), "eleven events", || {
+        value(&scrape(&observer), "mcp_observer_events_total", &[]) == 11.0
     });
     let metrics = scrape(&observer);
     let requests = |method: &str, labels: &[(&str, &str)]| {

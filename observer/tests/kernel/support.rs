@@ -283,34 +283,9 @@ pub fn bucket(scrape: &Scrape, metric: &str, labels: &[(&str, &str)], le: f64) -
 /// Asserts that the observer's request series equal the ground truth exactly: every label
 /// set's counter and histogram count, and no series beyond them.
 pub fn assert_requests_match(observer: &Running, truth: &[Truth]) {
-    let total: u64 = truth.iter().map(|t| t.count).sum();
-    let mut metrics = scrape(observer);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while value(&metrics, "mcp_proxy_requests_total", &[]) < total as f64 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        metrics = scrape(observer);
-    }
-    for row in truth {
-        let labels = row.labels();
-        assert_eq!(
-            value(&metrics, "mcp_proxy_requests_total", &labels),
-            row.count as f64,
-            "requests_total for {row:?}"
-        );
-        // An expired request never ended: it has no latency.
-        let timed = if row.expired() { 0 } else { row.count };
-        assert_eq!(
-            value(&metrics, "mcp_proxy_request_duration_seconds_count", &labels),
-            timed as f64,
-            "duration histogram count for {row:?}"
-        );
-    }
-    assert_eq!(
-        value(&metrics, "mcp_proxy_requests_total", &[]),
-        total as f64,
-        "series beyond the ground truth"
-    );
+    assert_workload_requests_match(observer, &[], truth);
     let ended: u64 = truth.iter().filter(|t| !t.expired()).map(|t| t.count).sum();
+    let metrics = scrape(observer);
     assert_eq!(value(&metrics, "mcp_observer_events_total", &[("kind", "request_end")]), ended as f64);
     for clean in [
         "mcp_observer_events_lost_total",
@@ -320,10 +295,63 @@ pub fn assert_requests_match(observer: &Running, truth: &[Truth]) {
         "mcp_observer_late_request_ends_total",
         "mcp_observer_in_flight_full_total",
         "mcp_observer_duplicate_request_starts_total",
-        "mcp_proxy_requests_in_flight",
     ] {
         assert_eq!(value(&metrics, clean, &[]), 0.0, "{clean}");
     }
+}
+
+/// [`assert_requests_match`] for the series of one workload (`workload`: its labels),
+/// among others; its requests in flight back to 0.
+pub fn assert_workload_requests_match(observer: &Running, workload: &[(&str, &str)], truth: &[Truth]) {
+    let total: u64 = truth.iter().map(|t| t.count).sum();
+    let mut metrics = scrape(observer);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while value(&metrics, "mcp_proxy_requests_total", workload) < total as f64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        metrics = scrape(observer);
+    }
+    for row in truth {
+        let labels: Vec<(&str, &str)> = row.labels().into_iter().chain(workload.iter().copied()).collect();
+        assert_eq!(
+            value(&metrics, "mcp_proxy_requests_total", &labels),
+            row.count as f64,
+            "requests_total for {row:?} in {workload:?}"
+        );
+        // An expired request never ended: it has no latency.
+        let timed = if row.expired() { 0 } else { row.count };
+        assert_eq!(
+            value(&metrics, "mcp_proxy_request_duration_seconds_count", &labels),
+            timed as f64,
+            "duration histogram count for {row:?} in {workload:?}"
+        );
+    }
+    assert_eq!(
+        value(&metrics, "mcp_proxy_requests_total", workload),
+        total as f64,
+        "series beyond the ground truth in {workload:?}"
+    );
+    assert_eq!(value(&metrics, "mcp_proxy_requests_in_flight", workload), 0.0, "in flight in {workload:?}");
+}
+
+/// Opens `count` connections to `addr` at once, holds them `hold`, then closes them.
+pub fn hold_connections(addr: &str, count: usize, hold: Duration) {
+    let streams: Vec<std::net::TcpStream> =
+        (0..count).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(hold);
+    drop(streams);
+}
+
+/// The pids of `pid`'s children whose command line contains `needle`.
+pub fn children_of(pid: u32, needle: &str) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+        .filter(|child| {
+            std::fs::read(format!("/proc/{child}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(needle))
+        })
+        .collect()
 }
 
 /// Asserts that every `sleep` tool call (which sleeps ≥ `min_seconds`) landed in a bucket
