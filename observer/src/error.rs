@@ -48,6 +48,9 @@ pub enum ObserveError {
     )]
     UprobesNeedSysAdmin,
 
+    #[error("Linux {release} is too old: mcp-observe needs 5.15 or later (its uprobes read attach cookies)")]
+    OldKernel { release: String },
+
     #[error("this kernel has no uprobe support ({} is absent): use a kernel built with CONFIG_UPROBE_EVENTS=y", path.display())]
     NoUprobes { path: PathBuf },
 

@@ -122,6 +122,26 @@ pub fn require_uprobes() -> Result<(), ObserveError> {
     Ok(())
 }
 
+/// The oldest Linux the programs load on: their uprobes read attach cookies.
+const OLDEST_RELEASE: (u32, u32) = (5, 15);
+
+/// Fails on a kernel older than [`OLDEST_RELEASE`], before the verifier would, less clearly.
+pub fn require_release() -> Result<(), ObserveError> {
+    let release = features().release;
+    if too_old(&release) {
+        return Err(ObserveError::OldKernel { release });
+    }
+    Ok(())
+}
+
+fn too_old(release: &str) -> bool {
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(str::parse::<u32>);
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) < OLDEST_RELEASE,
+        _ => false,
+    }
+}
+
 fn effective_capabilities() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -129,4 +149,18 @@ fn effective_capabilities() -> u64 {
         .find_map(|line| line.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::too_old;
+
+    #[test]
+    fn releases_before_5_15_are_too_old() {
+        assert!(too_old("5.14.21-150400.24-default"));
+        assert!(too_old("4.18.0-553.el8_10.x86_64"));
+        assert!(!too_old("5.15.0-1"));
+        assert!(!too_old("6.18.44-fc-v669"));
+        assert!(!too_old("garbage"), "unknown: let the loader say");
+    }
 }

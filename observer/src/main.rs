@@ -242,6 +242,7 @@ fn start(common: &Common, mode: &Mode) -> Result<Started, ObserveError> {
             .collect::<Result<Vec<_>, ObserveError>>()?,
         None => Vec::new(),
     };
+    kernel::require_release()?;
     if !mode.kernel_only {
         kernel::require_uprobes()?;
     }
