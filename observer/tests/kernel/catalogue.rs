@@ -282,8 +282,8 @@ fn a_thousand_tool_names_fold_into_other_past_a_cap_of_100() {
     });
 
     let calls = [("method", "tools/call"), ("status", "ok")];
-    let metrics =
-        scrape_until(&capped, "every call", |m| value(m, "mcp_proxy_requests_total", &calls) == TOOLS as f64);
+    scrape_until(&capped, "every call", |m| value(m, "mcp_proxy_requests_total", &calls) == TOOLS as f64);
+    let metrics = settled(&capped);
     let kept: HashSet<&str> = metrics
         .samples
         .iter()

@@ -238,6 +238,14 @@ impl Truth {
     }
 }
 
+/// A scrape once the agent has read what is on its way (it drains every 5 ms): one scrape
+/// collects family after family while events are recorded, so families read during a
+/// burst can disagree by the events recorded in between.
+pub fn settled(observer: &Running) -> Scrape {
+    std::thread::sleep(Duration::from_millis(200));
+    scrape(observer)
+}
+
 pub fn scrape(observer: &Running) -> Scrape {
     let body = ureq::get(&format!("http://{}/metrics", observer.addr))
         .call()
@@ -310,6 +318,7 @@ pub fn assert_workload_requests_match(observer: &Running, workload: &[(&str, &st
         std::thread::sleep(Duration::from_millis(20));
         metrics = scrape(observer);
     }
+    let metrics = settled(observer);
     for row in truth {
         let labels: Vec<(&str, &str)> = row.labels().into_iter().chain(workload.iter().copied()).collect();
         assert_eq!(
