@@ -116,6 +116,7 @@ pub async fn drain_forever(
 
 fn drain(ring: &mut RingBuf<MapData>, metrics: &Metrics, lifecycle: &SyncSender<Option<Lifecycle>>) {
     let start = crate::maps::monotonic_ns();
+    let _batch = metrics.batch();
     while let Some(item) = ring.next() {
         match decode(&item) {
             Ok(event) => {

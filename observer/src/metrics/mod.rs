@@ -16,7 +16,7 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     sync::{
-        Arc, Mutex, RwLock, RwLockReadGuard,
+        Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -39,6 +39,10 @@ pub struct Metrics {
     registry: Registry,
     labels: Mutex<LabelPolicy>,
     workloads: RwLock<Workloads>,
+    /// Held while a batch of events is recorded and while the series are encoded: a scrape
+    /// sees every family at the same point between two batches (a request's count, its
+    /// histogram and its label folds agree).
+    batch: Mutex<()>,
     pub observer: ObserverMetrics,
     /// Kernel counter totals already folded into the series.
     kernel_seen: Mutex<[u64; counter::COUNT as usize]>,
@@ -91,6 +95,7 @@ impl Metrics {
         Self {
             labels: Mutex::new(LabelPolicy::new(labels)),
             workloads: RwLock::default(),
+            batch: Mutex::default(),
             observer: ObserverMetrics::new(&Scope::new(&registry, HashMap::new())),
             kernel_seen: Mutex::new([0; counter::COUNT as usize]),
             drained_until: AtomicU64::new(0),
@@ -314,8 +319,14 @@ impl Metrics {
         *seen = totals;
     }
 
+    /// Held while the reader records one drain's events (see `batch`).
+    pub fn batch(&self) -> MutexGuard<'_, ()> {
+        self.batch.lock().expect("batch lock")
+    }
+
     /// The text exposition format of every series.
     pub fn encode(&self) -> String {
+        let _between_batches = self.batch();
         let mut buffer = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding cannot fail");
         String::from_utf8(buffer).expect("text format is UTF-8")
