@@ -7,7 +7,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        TracePoint, UProbe,
+        Program, ProgramError, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
     },
 };
@@ -24,6 +24,15 @@ use crate::{
 };
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+
+/// Program `name` of the embedded object, as its kind (a uprobe, a tracepoint).
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut P
+where
+    &'a mut P: TryFrom<&'a mut Program>,
+{
+    let program = ebpf.program_mut(name).unwrap_or_else(|| panic!("eBPF object lacks program {name}"));
+    program.try_into().unwrap_or_else(|_| panic!("program {name} is not a {}", std::any::type_name::<P>()))
+}
 
 /// Ring-buffer tuning.
 #[derive(Clone, Copy, Debug)]
@@ -74,22 +83,12 @@ impl Loaded {
             .map_max_entries(EVENTS_MAP, ring.bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| ObserveError::Load(Box::new(e)))?;
-        for (_, program) in CATALOGUE {
-            let uprobe: &mut UProbe = ebpf
-                .program_mut(program)
-                .unwrap_or_else(|| panic!("eBPF object lacks program {program}"))
-                .try_into()
-                .expect("program is a uprobe");
-            uprobe.load().map_err(|e| ObserveError::Load(Box::new(e.into())))?;
+        let failed = |e: ProgramError| ObserveError::Load(Box::new(e.into()));
+        for (_, name) in CATALOGUE {
+            program::<UProbe>(&mut ebpf, name).load().map_err(failed)?;
         }
         for hook in HOOKS {
-            let program = hook.program;
-            let hook: &mut TracePoint = ebpf
-                .program_mut(program)
-                .unwrap_or_else(|| panic!("eBPF object lacks program {program}"))
-                .try_into()
-                .expect("program is a tracepoint");
-            hook.load().map_err(|e| ObserveError::Load(Box::new(e.into())))?;
+            program::<TracePoint>(&mut ebpf, hook.program).load().map_err(failed)?;
         }
         Ok(Self { ebpf })
     }
@@ -104,13 +103,13 @@ impl Loaded {
             if hook.without.is_some() && !tracefs::exists(tracefs, hook) {
                 continue;
             }
-            let program: &mut TracePoint =
-                self.ebpf.program_mut(hook.program).expect("loaded above").try_into().expect("a tracepoint");
-            program.attach(hook.category, hook.name).map_err(|source| ObserveError::HookAttach {
-                category: hook.category,
-                name: hook.name,
-                source: Box::new(source),
-            })?;
+            program::<TracePoint>(&mut self.ebpf, hook.program).attach(hook.category, hook.name).map_err(
+                |source| ObserveError::HookAttach {
+                    category: hook.category,
+                    name: hook.name,
+                    source: Box::new(source),
+                },
+            )?;
             attached.push(hook);
         }
         Ok(attached)
@@ -133,10 +132,10 @@ impl Loaded {
         // Ends before starts (the catalogue lists starts first): a request, connection or
         // session that begins between two attaches must not be left open forever (an end
         // without a start is counted instead).
-        for &(probe, program) in CATALOGUE.iter().rev() {
+        for &(probe, name) in CATALOGUE.iter().rev() {
             // Probes the proxy never calls may have been discarded by its linker.
             let Some(site) = table.site(probe) else { continue };
-            let uprobe = self.uprobe(program);
+            let uprobe = program::<UProbe>(&mut self.ebpf, name);
             let point = UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(site.file_offset),
                 cookie: Some(u64::from(cookie)),
@@ -153,10 +152,6 @@ impl Loaded {
             links.push(ProbeLink { probe, _link: link });
         }
         Ok(links)
-    }
-
-    fn uprobe(&mut self, program: &str) -> &mut UProbe {
-        self.ebpf.program_mut(program).expect("loaded above").try_into().expect("program is a uprobe")
     }
 
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, ObserveError> {

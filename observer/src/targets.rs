@@ -53,6 +53,12 @@ struct FileKey {
     ino: u64,
 }
 
+impl FileKey {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self { dev: meta.dev(), ino: meta.ino() }
+    }
+}
+
 /// One version of an executable file's content: an inode may be reused, or a file
 /// rewritten, once nothing runs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -65,7 +71,7 @@ struct FileVersion {
 impl FileVersion {
     fn of(meta: &std::fs::Metadata) -> Self {
         Self {
-            key: FileKey { dev: meta.dev(), ino: meta.ino() },
+            key: FileKey::of(meta),
             size: meta.size(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
         }
@@ -180,7 +186,7 @@ impl Targets {
         if self.kernel().root_of(pid).is_some_and(|root| root != pid) {
             return Ok(None);
         }
-        let key = FileKey { dev: executable.meta.dev(), ino: executable.meta.ino() };
+        let key = FileKey::of(&executable.meta);
         let binary = match &table {
             Some(table) => Some(self.attach(pid, key, executable, table)?),
             None => None,
@@ -309,8 +315,9 @@ impl Targets {
                 // little before the exec is reported), or a target replacing its program:
                 // then it is observed again as what it runs now.
                 Some(target) => {
-                    let runs =
-                        Executable::of(pid).ok().map(|e| FileKey { dev: e.meta.dev(), ino: e.meta.ino() });
+                    let runs = std::fs::metadata(tree::proc_path(pid).join("exe"))
+                        .ok()
+                        .map(|meta| FileKey::of(&meta));
                     if runs != target.binary {
                         self.gone(pid);
                         self.retry.push(pid);

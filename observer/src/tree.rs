@@ -18,7 +18,7 @@ pub fn set_proc_root(root: PathBuf) {
     let _ = PROC_ROOT.set(root);
 }
 
-pub fn proc_root() -> &'static Path {
+fn proc_root() -> &'static Path {
     PROC_ROOT.get().map_or(Path::new("/proc"), PathBuf::as_path)
 }
 

@@ -143,9 +143,8 @@ impl Metrics {
             registered.workload.children.expect_names(tgid);
         }
         let workload = registered.workload.clone();
-        if let Some(earlier) = workloads.by_tgid.insert(tgid, workload) {
+        if workloads.by_tgid.insert(tgid, workload).is_some() {
             log::warn!("pid {tgid} was still mapped to a workload when added again");
-            drop(earlier);
         }
     }
 
