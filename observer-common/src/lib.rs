@@ -1,8 +1,8 @@
 //! Types shared by the kernel side (`observer-ebpf`) and the agent (`observer`).
 //!
 //! Every probe and kernel hook sends one [`ProbeEvent`] through the ring buffer: a common
-//! header, an id and a scalar, and up to five bounded strings, each in the slot of the
-//! label it becomes. The agent dispatches on [`EventHeader::kind`] alone. All types are
+//! header, an id and a scalar, and up to five bounded strings, one per label, packed one
+//! after another. The agent dispatches on [`EventHeader::kind`] alone. All types are
 //! `#[repr(C)]` without implicit padding.
 #![no_std]
 
@@ -141,6 +141,8 @@ pub const SERVER_CAP: usize = 64;
 pub const TOOL_CAP: usize = 128;
 /// The caps in [`field`] order.
 pub const CAPS: [usize; field::COUNT] = [METHOD_CAP, TRANSPORT_CAP, IDENTITY_CAP, SERVER_CAP, TOOL_CAP];
+/// Room for every string at its cap.
+pub const STRINGS_CAP: usize = METHOD_CAP + TRANSPORT_CAP + IDENTITY_CAP + SERVER_CAP + TOOL_CAP;
 
 /// [`ProbeEvent::flags`]: a request end, disconnect or close whose start the kernel did
 /// not see (the observer attached later, or the in-flight map was full); `duration_ns` is 0.
@@ -165,25 +167,31 @@ pub struct ProbeEvent {
     pub value: u64,
     /// `FLAG_*` bits.
     pub flags: u32,
-    /// Bytes used in each string slot, in [`field`] order; 0 for an absent string.
+    /// Bytes of each string, in [`field`] order; 0 for an absent string. Each is at most
+    /// its slot's cap.
     pub lens: [u16; field::COUNT],
     /// Zero.
     pub pad: u16,
-    /// JSON-RPC method.
-    pub method: [u8; METHOD_CAP],
-    /// Client transport.
-    pub transport: [u8; TRANSPORT_CAP],
-    /// Client identity.
-    pub identity: [u8; IDENTITY_CAP],
-    /// Backend server.
-    pub server: [u8; SERVER_CAP],
-    /// Tool name.
-    pub tool: [u8; TOOL_CAP],
+    /// The strings, packed in [`field`] order: string `f` starts after the `lens` of the
+    /// slots before it. Packed, a typical event's strings span one or two cache lines
+    /// instead of five, which both the kernel (writing) and the agent (reading) pay for.
+    pub strings: [u8; STRINGS_CAP],
 }
-const _: () = assert!(
-    core::mem::size_of::<ProbeEvent>()
-        == 56 + METHOD_CAP + TRANSPORT_CAP + IDENTITY_CAP + SERVER_CAP + TOOL_CAP
-);
+const _: () = assert!(core::mem::size_of::<ProbeEvent>() == 56 + STRINGS_CAP);
+
+impl ProbeEvent {
+    /// Where string slot `slot` starts in [`ProbeEvent::strings`].
+    #[inline(always)]
+    pub fn string_start(&self, slot: usize) -> usize {
+        let mut at = 0;
+        let mut before = 0;
+        while before < slot && before < field::COUNT {
+            at += self.lens[before] as usize;
+            before += 1;
+        }
+        at
+    }
+}
 
 /// TCP events' `value`: the connection's direction in the low 32 bits (a
 /// `TCP_TIMEOUT` carries the timer that fired in the high 32 bits).

@@ -7,7 +7,8 @@ use aya_ebpf::helpers::{
 };
 use core::ptr::addr_of_mut;
 use observer_common::{
-    CAPS, EventHeader, FLAG_TRUNCATED_SHIFT, FLAG_UNREADABLE_SHIFT, ProbeEvent, abi, counter, field,
+    CAPS, EventHeader, FLAG_TRUNCATED_SHIFT, FLAG_UNREADABLE_SHIFT, ProbeEvent, STRINGS_CAP, abi, counter,
+    field,
 };
 
 use crate::maps::{EVENTS, count, submit_flags};
@@ -54,23 +55,38 @@ pub fn send_for(
     entry.submit(submit_flags());
 }
 
+/// Where string slot `FIELD` of `ev` starts: right after the strings of the slots before
+/// it (written first, in slot order), with room for the slot's cap.
+///
+/// # Safety
+/// `ev` must point to a reserved event whose `lens` are written.
+#[inline(always)]
+unsafe fn slot<const FIELD: usize>(ev: *mut ProbeEvent) -> Option<*mut u8> {
+    // SAFETY: `lens` is written (zeroed by `send_for`, then set slot after slot).
+    let lens = unsafe { (*ev).lens };
+    let mut at = 0usize;
+    for len in &lens[..FIELD] {
+        at += *len as usize;
+    }
+    // Never true (each length is at most its cap); tells the verifier the write fits.
+    if at > STRINGS_CAP - CAPS[FIELD] {
+        return None;
+    }
+    // SAFETY: within the reserved event, by the check above.
+    Some(unsafe { addr_of_mut!((*ev).strings).cast::<u8>().add(at) })
+}
+
 /// Copies at most the slot's capacity of a user string into slot `FIELD` of `ev`; never
 /// trusts the length. Sets the truncated or unreadable flag bit of that slot in `flags`.
+/// Slots are read in `field` order (strings are packed).
 ///
 /// # Safety
 /// `ev` must point to a reserved event.
 #[inline(always)]
 pub unsafe fn read_str<const FIELD: usize>(src: &abi::Str, ev: *mut ProbeEvent, flags: &mut u32) {
-    // SAFETY: field addresses of a valid event pointer.
-    let (dst, cap) = unsafe {
-        match FIELD {
-            field::METHOD => (addr_of_mut!((*ev).method).cast::<u8>(), CAPS[field::METHOD]),
-            field::TRANSPORT => (addr_of_mut!((*ev).transport).cast::<u8>(), CAPS[field::TRANSPORT]),
-            field::IDENTITY => (addr_of_mut!((*ev).identity).cast::<u8>(), CAPS[field::IDENTITY]),
-            field::SERVER => (addr_of_mut!((*ev).server).cast::<u8>(), CAPS[field::SERVER]),
-            _ => (addr_of_mut!((*ev).tool).cast::<u8>(), CAPS[field::TOOL]),
-        }
-    };
+    let cap = CAPS[FIELD];
+    // SAFETY: the caller's.
+    let Some(dst) = (unsafe { slot::<FIELD>(ev) }) else { return };
     let mut len = src.len as usize;
     if len > cap {
         len = cap;
@@ -106,9 +122,10 @@ pub unsafe fn read_kernel_name(src: *const u8, len: usize, ev: *mut ProbeEvent) 
     if len == 0 || len > cap {
         return flags;
     }
+    // SAFETY: the caller's.
+    let Some(dst) = (unsafe { slot::<{ field::SERVER }>(ev) }) else { return flags };
     // SAFETY: the slot has `cap` ≥ `len` bytes; the helper fails cleanly on a bad address.
     unsafe {
-        let dst = addr_of_mut!((*ev).server).cast::<u8>();
         if bpf_probe_read_kernel(dst.cast(), len as u32, src.cast()) == 0 {
             (*ev).lens[field::SERVER] = len as u16;
         }

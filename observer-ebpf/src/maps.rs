@@ -11,7 +11,7 @@ use observer_common::counter;
 
 /// Every event goes through this one ring buffer. The agent may resize it at load.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 /// Per-CPU counters, indexed by `observer_common::counter`.
 #[map]

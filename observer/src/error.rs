@@ -91,7 +91,7 @@ pub enum ObserveError {
     Stopped { what: String },
 
     #[error(
-        "--ring-buffer-bytes {bytes} is invalid: it must be a power of two and a multiple of the page size ({page}), e.g. 262144"
+        "--ring-buffer-bytes {bytes} is invalid: it must be a power of two and a multiple of the page size ({page}), e.g. 4194304"
     )]
     RingBufferSize { bytes: u32, page: u32 },
 }

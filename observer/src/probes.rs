@@ -8,7 +8,7 @@ use std::{
 };
 
 use object::{
-    Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _, ReadCache, ReadRef,
+    Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _, ReadCache, ReadRef, SegmentFlags,
     elf::FileHeader64,
     read::elf::{ElfFile64, NoteIterator},
 };
@@ -194,7 +194,8 @@ pub fn from_elf<'d, R: ReadRef<'d>>(
     };
     let Some(((abi_version, raw), source)) = found else { return Ok(None) };
     // A probe the linker discarded (never called) keeps its note with a tombstone address
-    // that lies in no segment: it is absent, not an error.
+    // (0 for GNU ld, which in a PIE lies in the headers' segment): outside every executable
+    // segment, it is absent, not an error.
     let sites = raw
         .into_iter()
         .filter_map(|(name, address)| {
@@ -257,8 +258,13 @@ fn from_symbols<'d, R: ReadRef<'d>>(file: &ElfFile64<'d, object::Endianness, R>)
     (marker || !probes.is_empty()).then_some((if marker { mcp_abi::VERSION } else { 0 }, probes))
 }
 
+/// Where the code at `address` lies in the file, if it lies in an executable segment.
 fn file_offset<'d, R: ReadRef<'d>>(file: &ElfFile64<'d, object::Endianness, R>, address: u64) -> Option<u64> {
     file.segments().find_map(|segment| {
+        let SegmentFlags::Elf { p_flags, .. } = segment.flags() else { return None };
+        if !p_flags.contains(object::elf::PF_X) {
+            return None;
+        }
         let (offset, size) = segment.file_range();
         let start = segment.address();
         (address >= start && address < start + size).then(|| address - start + offset)

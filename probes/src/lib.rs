@@ -8,6 +8,14 @@
 //! The probe functions are found either through their symbols or, in a stripped binary,
 //! through the `.note.mcp_probes` ELF note section that this crate emits: one note per
 //! probe holding its link-time address and name.
+//!
+//! # Features
+//!
+//! - `disabled` (off by default): the safe wrappers ([`request_start`], [`request_end`],
+//!   … every `pub fn` of this crate) do nothing and call no probe, so a benchmark can
+//!   compare a proxy built with its probe calls against the same proxy without them.
+//!   Never for production: the observer then sees nothing. The raw `mcp_probe_*`
+//!   functions and the `.note.mcp_probes` ELF note stay.
 #![no_std]
 
 mod raw;
@@ -256,12 +264,18 @@ pub struct RequestLabels<'a> {
 /// flight; the observer pairs start and end by (process, id) to measure latency.
 #[inline]
 pub fn request_start(id: u64) {
+    if cfg!(feature = "disabled") {
+        return;
+    }
     mcp_probe_request_start(id);
 }
 
 /// Marks the end of request `id` (which [`request_start`] began).
 #[inline]
 pub fn request_end(id: u64, labels: &RequestLabels<'_>) {
+    if cfg!(feature = "disabled") {
+        return;
+    }
     let end = RequestEnd {
         method: ProbeStr::new(labels.method),
         transport: ProbeStr::new(labels.transport),
@@ -277,6 +291,9 @@ pub fn request_end(id: u64, labels: &RequestLabels<'_>) {
 /// The ACL allowed or denied `identity` a call to `tool` of `server`.
 #[inline]
 pub fn acl_decision(identity: &str, server: &str, tool: &str, decision: Decision) {
+    if cfg!(feature = "disabled") {
+        return;
+    }
     let check = AclCheck {
         identity: ProbeStr::new(identity),
         server: ProbeStr::new(server),
@@ -290,6 +307,9 @@ pub fn acl_decision(identity: &str, server: &str, tool: &str, decision: Decision
 /// A client failed to authenticate.
 #[inline]
 pub fn auth_failure(reason: AuthFailure) {
+    if cfg!(feature = "disabled") {
+        return;
+    }
     mcp_probe_auth_failure(reason as u32);
 }
 
@@ -297,12 +317,18 @@ pub fn auth_failure(reason: AuthFailure) {
 /// the process's backend connections; the observer pairs start, end and disconnect by them.
 #[inline]
 pub fn backend_connect_start(connection: u64) {
+    if cfg!(feature = "disabled") {
+        return;
+    }
     mcp_probe_backend_connect_start(connection);
 }
 
 /// Connecting `connection` (to `server`) ended.
 #[inline]
 pub fn backend_connect_end(connection: u64, server: &str, kind: ConnectKind, result: ConnectResult) {
+    if cfg!(feature = "disabled") {
+        return;
+    }
     let end = BackendConnect { server: ProbeStr::new(server), kind: kind as u32, result: result as u32 };
     mcp_probe_backend_connect_end(connection, &end);
 }
@@ -310,6 +336,9 @@ pub fn backend_connect_end(connection: u64, server: &str, kind: ConnectKind, res
 /// The connected `connection` (to `server`) went away.
 #[inline]
 pub fn backend_disconnect(connection: u64, server: &str, reason: DisconnectReason) {
+    if cfg!(feature = "disabled") {
+        return;
+    }
     let disconnect = BackendDisconnect { server: ProbeStr::new(server), reason: reason as u32, reserved: 0 };
     mcp_probe_backend_disconnect(connection, &disconnect);
 }
@@ -318,12 +347,18 @@ pub fn backend_disconnect(connection: u64, server: &str, reason: DisconnectReaso
 /// every idle-reaper pass, so that an observer attached later learns it soon.
 #[inline]
 pub fn backends_configured(count: u64) {
+    if cfg!(feature = "disabled") {
+        return;
+    }
     mcp_probe_backends_configured(count);
 }
 
 /// An idle-reaper pass begins.
 #[inline]
 pub fn idle_reaper_run() {
+    if cfg!(feature = "disabled") {
+        return;
+    }
     mcp_probe_idle_reaper_run();
 }
 
@@ -331,6 +366,9 @@ pub fn idle_reaper_run() {
 /// process's open sessions.
 #[inline]
 pub fn session_open(session: u64, transport: &str) {
+    if cfg!(feature = "disabled") {
+        return;
+    }
     let info = Session { transport: ProbeStr::new(transport), reason: 0, reserved: 0 };
     mcp_probe_session_open(session, &info);
 }
@@ -338,6 +376,9 @@ pub fn session_open(session: u64, transport: &str) {
 /// Client session `session` on `transport` closed.
 #[inline]
 pub fn session_close(session: u64, transport: &str, reason: SessionCloseReason) {
+    if cfg!(feature = "disabled") {
+        return;
+    }
     let info = Session { transport: ProbeStr::new(transport), reason: reason as u32, reserved: 0 };
     mcp_probe_session_close(session, &info);
 }
@@ -345,12 +386,18 @@ pub fn session_close(session: u64, transport: &str, reason: SessionCloseReason) 
 /// The tool cache of `server` now holds `entries` tools.
 #[inline]
 pub fn tool_cache_size(server: &str, entries: u64) {
+    if cfg!(feature = "disabled") {
+        return;
+    }
     mcp_probe_tool_cache_size(&ToolCache { server: ProbeStr::new(server), entries });
 }
 
 /// One classifier-cache lookup for a tool of `server`.
 #[inline]
 pub fn classifier_cache(server: &str, outcome: CacheOutcome) {
+    if cfg!(feature = "disabled") {
+        return;
+    }
     let lookup = ClassifierLookup { server: ProbeStr::new(server), outcome: outcome as u32, reserved: 0 };
     mcp_probe_classifier_cache(&lookup);
 }
@@ -358,6 +405,9 @@ pub fn classifier_cache(server: &str, outcome: CacheOutcome) {
 /// The proxy spawned child process `pid` for the stdio backend `server`.
 #[inline]
 pub fn child_spawn(server: &str, pid: u32) {
+    if cfg!(feature = "disabled") {
+        return;
+    }
     mcp_probe_child_spawn(&ChildSpawn { server: ProbeStr::new(server), pid, reserved: 0 });
 }
 

@@ -13,6 +13,7 @@ mod pool;
 mod pool_scenario;
 mod proxy;
 mod reaper;
+mod saturate;
 mod sessions;
 mod truth;
 mod upstream;
@@ -41,6 +42,8 @@ enum Command {
     Pool(pool_scenario::Args),
     /// Send one tools/call through a proxy and print the JSON-RPC reply.
     Call(call::Args),
+    /// Saturate a proxy with echo calls in closed loops and print the successful requests per second.
+    Saturate(saturate::Args),
     /// Call the request probes N times as fast as possible once a line arrives on stdin.
     Burst {
         /// Number of start/end probe pairs to fire.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
             Command::Load(args) => load::run(args).await,
             Command::Pool(args) => pool_scenario::run(args).await,
             Command::Call(args) => call::run(args).await,
+            Command::Saturate(args) => saturate::run(args).await,
             Command::Burst { requests } => burst::run(requests),
             Command::Misbehave => misbehave::run(),
         }

@@ -3,7 +3,8 @@
 //! ACL. It calls the probes where `mcp serve` would; it has no exporter code.
 //!
 //! This module is the HTTP layer: authentication, the request probes, the whole-request
-//! timeout, `DELETE` of sessions, and start-up and graceful shutdown.
+//! timeout, `DELETE` of sessions, and start-up and graceful shutdown. For benchmarks it can
+//! also record in-process metrics (`--in-process-metrics`), the alternative to the probes.
 
 use std::{
     net::SocketAddr,
@@ -11,7 +12,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -21,10 +22,11 @@ use axum::{
     extract::State,
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    routing::post,
+    routing::{get, post},
     serve::ListenerExt as _,
 };
 use mcp_probes::{AuthFailure, RequestLabels, SessionCloseReason, Status};
+use mcp_testbed::in_process::{InProcess, InProcessKind};
 use serde_json::Value;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::{
@@ -86,6 +88,11 @@ pub struct Args {
     /// observer attached before that request sees every pass the proxy reports.
     #[arg(long)]
     reaper_after_first_request: bool,
+    /// Also record request metrics inside the proxy, where the request_end probe is called:
+    /// with the `prometheus` crate (served at GET /metrics) or with OpenTelemetry as
+    /// upstream `mcp serve` does. For benchmarks.
+    #[arg(long, value_enum, default_value_t = InProcessKind::None)]
+    in_process_metrics: InProcessKind,
 }
 
 pub struct Proxy {
@@ -96,6 +103,8 @@ pub struct Proxy {
     next_request: AtomicU64,
     /// Told of every request (see `--reaper-after-first-request`).
     first_request: Arc<Notify>,
+    /// Request metrics recorded in the proxy itself (`--in-process-metrics`).
+    in_process: InProcess,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -111,6 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .then(|| Duration::from_millis(args.request_timeout_ms)),
         next_request: AtomicU64::new(1),
         first_request: Arc::new(Notify::new()),
+        in_process: InProcess::new(args.in_process_metrics),
     });
     // Before the banner: a test may signal as soon as it reads it.
     let stop = stop_signal()?;
@@ -136,7 +146,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("mcp-testbed proxy: setting TCP keepalive: {error}");
         }
     });
-    let app = Router::new().route("/mcp", post(handle).delete(close_session)).with_state(proxy);
+    let app = Router::new()
+        .route("/mcp", post(handle).delete(close_session))
+        .route("/metrics", get(metrics))
+        .with_state(proxy);
     axum::serve(listener, app).with_graceful_shutdown(stop).await.context("serving")?;
 
     let _ = stop_reaper.send(());
@@ -195,7 +208,8 @@ impl Proxy {
     async fn respond(&self, headers: HeaderMap, message: Value, id: Value) -> Response {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         mcp_probes::request_start(request);
-        let finish = self.finish(request, &headers, &message, &id);
+        let started = Instant::now();
+        let finish = self.finish(request, started, &headers, &message, &id);
         let Some(limit) = self.request_timeout else { return finish.await };
         // On purpose like `mcp serve`: the timeout drops the future that would have called
         // request_end, so the observer must expire this request by itself.
@@ -208,8 +222,16 @@ impl Proxy {
         })
     }
 
-    /// Authenticates, dispatches and ends the request for the probes.
-    async fn finish(&self, request: u64, headers: &HeaderMap, message: &Value, id: &Value) -> Response {
+    /// Authenticates, dispatches and ends the request for the probes (and the in-process
+    /// metrics).
+    async fn finish(
+        &self,
+        request: u64,
+        started: Instant,
+        headers: &HeaderMap,
+        message: &Value,
+        id: &Value,
+    ) -> Response {
         let method = message.get("method").and_then(Value::as_str).unwrap_or_default();
         let identity = authenticate(headers);
         let outcome = match identity {
@@ -222,20 +244,27 @@ impl Proxy {
                 )
             }
         };
-        mcp_probes::request_end(
-            request,
-            &RequestLabels {
-                method,
-                transport: TRANSPORT,
-                identity: identity.unwrap_or_default(),
-                server: &outcome.server,
-                tool: &outcome.tool,
-                status: outcome.status,
-            },
-        );
+        let labels = RequestLabels {
+            method,
+            transport: TRANSPORT,
+            identity: identity.unwrap_or_default(),
+            server: &outcome.server,
+            tool: &outcome.tool,
+            status: outcome.status,
+        };
+        mcp_probes::request_end(request, &labels);
+        self.in_process.record(&labels, started);
         let http =
             if outcome.status == Status::AuthFailed { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
         json_response(http, outcome.body, outcome.session)
+    }
+}
+
+/// `GET /metrics`: the in-process Prometheus metrics (`--in-process-metrics prometheus`).
+async fn metrics(State(proxy): State<Arc<Proxy>>) -> Response {
+    match proxy.in_process.encode() {
+        Some(text) => ([(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
     }
 }
 

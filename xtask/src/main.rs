@@ -1,5 +1,6 @@
-//! `cargo xtask setup|demo|test`: what cargo cannot do alone — install the eBPF
-//! toolchain, run the demo against the live kernel, and run every test as root.
+//! `cargo xtask setup|demo|test|bench`: what cargo cannot do alone — install the eBPF
+//! toolchain, run the demo against the live kernel, run every test as root, and run the
+//! benchmarks.
 
 mod demo;
 mod manifests;
@@ -26,8 +27,15 @@ enum Task {
     Setup,
     /// Build, start the testbed proxy, attach mcp-observe, drive load, show the metrics.
     Demo,
-    /// Set up, then run formatting, lints and every test (the kernel tests need root).
+    /// Set up, then run formatting, lints and every test (the kernel tests need root), and
+    /// a smoke run of the benchmarks.
     Test,
+    /// Set up, build, and run every benchmark (about 16 minutes; root).
+    Bench {
+        /// A smoke run: every suite with windows too short for figures worth quoting.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,9 +47,39 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test => {
             setup::run()?;
-            test()
+            test()?;
+            bench(true)
+        }
+        Task::Bench { quick } => {
+            setup::run()?;
+            cargo(&["build", "--release"])?;
+            bench(quick)
         }
     }
+}
+
+/// Runs the benchmarks (`benchmarks/README.md`) on the release build; the figures also go
+/// to `target/bench/results.md`.
+fn bench(quick: bool) -> anyhow::Result<()> {
+    // The baseline proxy without probe calls, in a target directory of its own: features
+    // are unified within one.
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "mcp-testbed",
+        "--features",
+        "without-probes",
+        "--target-dir",
+        "target/bench-without-probes",
+    ])?;
+    std::fs::create_dir_all("target/bench")?;
+    let mut command = Command::new("target/release/mcp-observe-bench");
+    command.args(["--markdown", "target/bench/results.md"]);
+    if quick {
+        command.arg("--quick");
+    }
+    exec(&mut command)
 }
 
 fn test() -> anyhow::Result<()> {

@@ -1,13 +1,17 @@
 //! ACL decisions and authentication failures.
 
 use observer_common::{ProbeEvent, field};
-use prometheus::IntCounterVec;
+use prometheus::{IntCounter, IntCounterVec};
 
-use super::{Scope, counter_vec};
+use super::{
+    Scope, counter_vec,
+    series_cache::{Resolve, SeriesCache},
+};
 use crate::events::{DecodeError, low_u32, name, names};
 
 pub struct Access {
     acl_decisions: IntCounterVec,
+    acl_series: SeriesCache<IntCounter>,
     auth_failures: IntCounterVec,
 }
 
@@ -20,6 +24,7 @@ impl Access {
                 "Tool calls checked by the proxy's ACL, by identity, tool and decision",
                 &["identity", "server", "tool", "decision"],
             ),
+            acl_series: SeriesCache::new(),
             auth_failures: counter_vec(
                 scope,
                 "mcp_proxy_auth_failures_total",
@@ -33,10 +38,13 @@ impl Access {
         access
     }
 
-    pub fn acl_decision(&self, ev: &ProbeEvent, label: impl Fn(usize) -> String) -> Result<(), DecodeError> {
+    pub fn acl_decision(&self, ev: &ProbeEvent, labels: &dyn Resolve) -> Result<(), DecodeError> {
         let decision = name(names::DECISION, "ACL decision", low_u32(ev.value))?;
-        let [identity, server, tool] = [field::IDENTITY, field::SERVER, field::TOOL].map(label);
-        self.acl_decisions.with_label_values(&[identity.as_str(), &server, &tool, decision]).inc();
+        let slots = [field::IDENTITY, field::SERVER, field::TOOL];
+        let series = self.acl_series.get(ev, slots, low_u32(ev.value), labels, |[identity, server, tool]| {
+            self.acl_decisions.with_label_values(&[identity.as_str(), &server, &tool, decision])
+        });
+        series.inc();
         Ok(())
     }
 

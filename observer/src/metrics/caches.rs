@@ -3,9 +3,12 @@
 use std::{collections::HashMap, sync::Mutex};
 
 use observer_common::{ProbeEvent, field};
-use prometheus::{IntCounterVec, IntGaugeVec};
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec};
 
-use super::{Scope, counter_vec, gauge_value, gauge_vec};
+use super::{
+    Scope, counter_vec, gauge_value, gauge_vec,
+    series_cache::{Resolve, SeriesCache},
+};
 use crate::{
     events::{DecodeError, low_u32, name, names, string},
     spans::MAX_OPEN,
@@ -15,6 +18,7 @@ pub struct Caches {
     tool_cache_entries: IntGaugeVec,
     classifier_hits: IntCounterVec,
     classifier_misses: IntCounterVec,
+    classifier_series: SeriesCache<IntCounter>,
     sizes: Mutex<HashMap<SizeKey, Size>>,
 }
 
@@ -49,6 +53,7 @@ impl Caches {
                 "Tool classifications the classifier cache could not answer",
                 &["server"],
             ),
+            classifier_series: SeriesCache::new(),
             sizes: Mutex::default(),
         }
     }
@@ -68,14 +73,14 @@ impl Caches {
         self.tool_cache_entries.with_label_values(&[label]).set(gauge_value(entries));
     }
 
-    pub fn classifier_lookup(
-        &self,
-        ev: &ProbeEvent,
-        label: impl Fn(usize) -> String,
-    ) -> Result<(), DecodeError> {
+    pub fn classifier_lookup(&self, ev: &ProbeEvent, labels: &dyn Resolve) -> Result<(), DecodeError> {
         let outcome = name(names::CACHE_OUTCOME, "classifier cache outcome", low_u32(ev.value))?;
         let counter = if outcome == "hit" { &self.classifier_hits } else { &self.classifier_misses };
-        counter.with_label_values(&[label(field::SERVER)]).inc();
+        let series =
+            self.classifier_series.get(ev, [field::SERVER], low_u32(ev.value), labels, |[server]| {
+                counter.with_label_values(&[&server])
+            });
+        series.inc();
         Ok(())
     }
 

@@ -221,7 +221,7 @@ mod tests {
         ev.header.ts_ns = ts_ns;
         ev.id = id;
         ev.value = value;
-        ev.server[..name.len()].copy_from_slice(name);
+        ev.strings[..name.len()].copy_from_slice(name);
         ev.lens[field::SERVER] = name.len() as u16;
         ev
     }

@@ -8,7 +8,9 @@ mod children;
 mod live;
 mod observer;
 mod pool;
+mod request_series;
 mod requests;
+mod series_cache;
 mod sessions;
 mod tcp;
 
@@ -24,8 +26,8 @@ use std::{
 
 use observer_common::{FLAG_TRUNCATED_SHIFT, InFlightKey, ProbeEvent, counter, field, kind};
 use prometheus::{
-    Encoder as _, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder, core::Collector,
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder, core::Collector,
 };
 
 use crate::{
@@ -184,7 +186,7 @@ impl Metrics {
 
     pub fn record(&self, event: &ProbeEvent) {
         let kind = event.header.kind;
-        self.observer.events.with_label_values(&[kind::NAMES[kind as usize]]).inc();
+        self.observer.received(kind);
         if matches!(kind, kind::PROCESS_EXEC | kind::TARGET_EXIT) {
             return;
         }
@@ -203,8 +205,8 @@ impl Metrics {
         let label = |slot| self.label(ev, slot);
         let admit = |name: &[u8], cut| self.admit(field::SERVER, name, cut);
         match ev.header.kind {
-            kind::REQUEST_END => w.requests.end(ev, label, &self.observer)?,
-            kind::ACL_DECISION => w.access.acl_decision(ev, label)?,
+            kind::REQUEST_END => w.requests.end(ev, self, &self.observer)?,
+            kind::ACL_DECISION => w.access.acl_decision(ev, self)?,
             kind::AUTH_FAILURE => w.access.auth_failure(ev)?,
             kind::BACKEND_CONNECT_START => w.pool.connect_start(ev),
             kind::BACKEND_CONNECT_END => w.pool.connect_end(ev, label, &self.observer)?,
@@ -215,7 +217,7 @@ impl Metrics {
             kind::SESSION_OPEN => w.sessions.open(ev, label(field::TRANSPORT)),
             kind::SESSION_CLOSE => w.sessions.close(ev, label, &self.observer)?,
             kind::TOOL_CACHE_SIZE => w.caches.tool_cache_size(ev, label(field::SERVER)),
-            kind::CLASSIFIER_CACHE => w.caches.classifier_lookup(ev, label)?,
+            kind::CLASSIFIER_CACHE => w.caches.classifier_lookup(ev, self)?,
             kind::TCP_OPEN..=kind::TCP_RETRANSMIT => w.tcp.record(ev, &self.observer)?,
             kind::CHILD_FORK => w.children.fork(ev),
             kind::CHILD_EXEC => w.children.exec(ev, &admit),
@@ -228,21 +230,29 @@ impl Metrics {
     /// The label value of string slot `slot`: counted when the kernel truncated it, and
     /// when the label policy folded it into `__other__`.
     fn label(&self, ev: &ProbeEvent, slot: usize) -> String {
-        let truncated = ev.flags & (1 << (FLAG_TRUNCATED_SHIFT + slot as u32)) != 0;
-        self.admit(slot, string(ev, slot), truncated)
+        series_cache::Resolve::resolve(self, ev, slot).0
     }
 
     /// The value of label `slot` for `bytes`, through the label policy.
     fn admit(&self, slot: usize, bytes: &[u8], truncated: bool) -> String {
+        self.admit_folded(slot, bytes, truncated).0
+    }
+
+    /// [`Self::admit`], and whether the value was folded into `__other__`.
+    fn admit_folded(&self, slot: usize, bytes: &[u8], truncated: bool) -> (String, bool) {
+        let (value, folded) = self.labels.lock().expect("label policy lock").admit(slot, bytes);
+        self.count_label(slot, truncated, folded);
+        (value, folded)
+    }
+
+    fn count_label(&self, slot: usize, truncated: bool, folded: bool) {
         let name = field::LABELS[slot];
         if truncated {
             self.observer.label_truncated.with_label_values(&[name]).inc();
         }
-        let (value, folded) = self.labels.lock().expect("label policy lock").admit(slot, bytes);
         if folded {
             self.observer.label_overflow.with_label_values(&[name]).inc();
         }
-        value
     }
 
     pub fn decode_error(&self, error: &DecodeError) {
@@ -323,13 +333,34 @@ impl Metrics {
         self.batch.lock().expect("batch lock")
     }
 
-    /// The text exposition format of every series.
+    /// The text exposition format of every series: the registry's, then the request
+    /// families of every workload (see `request_series`).
     pub fn encode(&self) -> String {
         let _between_batches = self.batch();
-        let mut buffer = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding cannot fail");
-        String::from_utf8(buffer).expect("text format is UTF-8")
+        let mut text = String::new();
+        TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut text)
+            .expect("text encoding cannot fail");
+        let series: Vec<_> =
+            self.workloads().by_labels.values().flat_map(|r| r.workload.requests.series()).collect();
+        request_series::encode(&mut text, series.iter().map(|s| &**s));
+        text
     }
+}
+
+impl series_cache::Resolve for Metrics {
+    fn resolve(&self, ev: &ProbeEvent, slot: usize) -> (String, bool) {
+        self.admit_folded(slot, string(ev, slot), truncated(ev, slot))
+    }
+
+    fn recount(&self, ev: &ProbeEvent, slot: usize, folded: bool) {
+        self.count_label(slot, truncated(ev, slot), folded);
+    }
+}
+
+/// Whether the kernel cut string slot `slot` of `ev` at its bound.
+fn truncated(ev: &ProbeEvent, slot: usize) -> bool {
+    ev.flags & (1 << (FLAG_TRUNCATED_SHIFT + slot as u32)) != 0
 }
 
 /// Where families are registered, and the constant labels of their series: a workload's
@@ -357,6 +388,13 @@ impl<'a> Scope<'a> {
         self.registry.register(Box::new(collector.clone())).expect("unique metric names and label sets");
         self.registered.borrow_mut().push(Box::new(collector.clone()));
         collector
+    }
+
+    /// The constant labels of its series, by name.
+    fn labels(&self) -> Vec<(String, String)> {
+        let mut labels: Vec<_> = self.labels.clone().into_iter().collect();
+        labels.sort();
+        labels
     }
 
     fn opts(&self, name: &str, help: &str) -> Opts {

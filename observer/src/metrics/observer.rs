@@ -11,7 +11,8 @@ pub const FULL_MAPS: [(u32, &str); 2] =
     [(counter::TRACKED_FULL, "tracked"), (counter::SOCKETS_FULL, "sockets")];
 
 pub struct ObserverMetrics {
-    pub events: IntCounterVec,
+    /// `events` of each kind, at index kind - 1: resolved once, counted per event.
+    received: Vec<IntCounter>,
     pub events_lost: IntCounterVec,
     pub probes_attached: IntGauge,
     pub binaries_attached: IntGauge,
@@ -30,6 +31,11 @@ pub struct ObserverMetrics {
 }
 
 impl ObserverMetrics {
+    /// One event of kind `kind` (a valid kind: decoding checked it) was received.
+    pub fn received(&self, kind: u32) {
+        self.received[kind as usize - 1].inc();
+    }
+
     /// An end of kind `kind` whose start was not seen.
     pub fn unmatched(&self, kind: u32) {
         self.unmatched_ends.with_label_values(&[kind::NAMES[kind as usize]]).inc();
@@ -38,13 +44,10 @@ impl ObserverMetrics {
     pub fn new(scope: &Scope) -> Self {
         let int_counter = |name: &str, help: &str| int_counter(scope, name, help);
         let int_gauge = |name: &str, help: &str| int_gauge(scope, name, help);
+        let events =
+            counter_vec(scope, "mcp_observer_events_total", "Events received from the kernel", &["kind"]);
         let metrics = Self {
-            events: counter_vec(
-                scope,
-                "mcp_observer_events_total",
-                "Events received from the kernel",
-                &["kind"],
-            ),
+            received: kind::NAMES[1..].iter().map(|name| events.with_label_values(&[name])).collect(),
             events_lost: counter_vec(
                 scope,
                 "mcp_observer_events_lost_total",
@@ -115,7 +118,6 @@ impl ObserverMetrics {
         };
         // Present from the start, so that a dashboard sees 0 rather than no data.
         for name in &kind::NAMES[1..] {
-            metrics.events.with_label_values(&[name]);
             metrics.events_lost.with_label_values(&[name]);
         }
         for (_, map) in FULL_MAPS {

@@ -2,19 +2,20 @@
 //! kernel's in-flight map.
 
 use std::{
-    collections::{HashSet, VecDeque},
-    sync::Mutex,
+    collections::{BTreeMap, HashSet, VecDeque},
+    sync::{Arc, Mutex},
 };
 
 use observer_common::{FLAG_NO_START, InFlightKey, ProbeEvent, field, kind};
-use prometheus::{Gauge, HistogramVec, IntCounterVec, IntGauge};
+use prometheus::{Gauge, IntGauge};
 
-use super::{ObserverMetrics, Scope, counter_vec, gauge, histogram_vec, int_gauge};
+use super::{
+    ObserverMetrics, Scope, gauge, int_gauge,
+    request_series::RequestSeries,
+    series_cache::{Resolve, SeriesCache},
+};
 use crate::events::{DecodeError, name, names};
 
-/// Request latency buckets, 1 ms to 300 s (a slow tool call can take minutes).
-const DURATION_BUCKETS: &[f64] =
-    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 const LABELS: [&str; 6] = ["method", "transport", "status", "identity", "server", "tool"];
 /// An expired request: nothing but its status is known (its labels come with its end).
 const EXPIRED: [&str; 6] = ["", "", "timeout", "", "", ""];
@@ -22,11 +23,15 @@ const EXPIRED: [&str; 6] = ["", "", "timeout", "", "", ""];
 const REMEMBERED: usize = 65_536;
 
 pub struct Requests {
-    total: IntCounterVec,
-    duration: HistogramVec,
+    /// The workload's labels, first in every series.
+    workload: Vec<(String, String)>,
+    /// Every label set's count and latency, by label values in `LABELS` order.
+    by_labels: Mutex<BTreeMap<[String; 6], Arc<RequestSeries>>>,
     in_flight: IntGauge,
     oldest_in_flight: Gauge,
     expired: Mutex<Expired>,
+    /// The series of each label set seen, by the bytes the kernel sent.
+    series: SeriesCache<Arc<RequestSeries>>,
 }
 
 /// The most recent requests the agent expired.
@@ -54,19 +59,8 @@ impl Expired {
 impl Requests {
     pub fn new(scope: &Scope) -> Self {
         Self {
-            total: counter_vec(
-                scope,
-                "mcp_proxy_requests_total",
-                "MCP requests handled by the proxy",
-                &LABELS,
-            ),
-            duration: histogram_vec(
-                scope,
-                "mcp_proxy_request_duration_seconds",
-                "Request latency from the proxy's request_start to request_end probe, measured in the kernel",
-                &LABELS,
-                DURATION_BUCKETS,
-            ),
+            workload: scope.labels(),
+            by_labels: Mutex::default(),
             in_flight: int_gauge(
                 scope,
                 "mcp_proxy_requests_in_flight",
@@ -78,13 +72,14 @@ impl Requests {
                 "Age of the oldest request in flight (0 when none), from the kernel's start times",
             ),
             expired: Mutex::default(),
+            series: SeriesCache::new(),
         }
     }
 
     pub fn end(
         &self,
         ev: &ProbeEvent,
-        label: impl Fn(usize) -> String,
+        labels: &dyn Resolve,
         observer: &ObserverMetrics,
     ) -> Result<(), DecodeError> {
         let status = name(names::STATUS, "request status", ev.value)?;
@@ -97,12 +92,14 @@ impl Requests {
             }
             observer.unmatched(kind::REQUEST_END);
         }
-        let [method, transport, identity, server, tool] =
-            [field::METHOD, field::TRANSPORT, field::IDENTITY, field::SERVER, field::TOOL].map(&label);
-        let labels = [method.as_str(), &transport, status, &identity, &server, &tool];
-        self.total.with_label_values(&labels).inc();
+        let slots = [field::METHOD, field::TRANSPORT, field::IDENTITY, field::SERVER, field::TOOL];
+        let series =
+            self.series.get(ev, slots, ev.value, labels, |[method, transport, identity, server, tool]| {
+                self.series_of([method, transport, status.to_string(), identity, server, tool])
+            });
+        series.count();
         if ev.flags & FLAG_NO_START == 0 {
-            self.duration.with_label_values(&labels).observe(ev.duration_ns as f64 / 1e9);
+            series.observe(ev.duration_ns);
         }
         Ok(())
     }
@@ -113,11 +110,30 @@ impl Requests {
         let mut expired = self.expired.lock().expect("expired lock");
         let remembered = expired.remember(key);
         if remove() {
-            self.total.with_label_values(&EXPIRED).inc();
+            self.series_of(EXPIRED.map(str::to_string)).count();
         } else if remembered {
             // Its end won the race: not expired after all.
             expired.keys.remove(&key);
         }
+    }
+
+    /// The series of label values `values` (in `LABELS` order), created on first use.
+    fn series_of(&self, values: [String; 6]) -> Arc<RequestSeries> {
+        let mut by_labels = self.by_labels.lock().expect("request series lock");
+        if let Some(series) = by_labels.get(&values) {
+            return series.clone();
+        }
+        let labels = self.workload.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let series = Arc::new(RequestSeries::new(
+            labels.chain(LABELS.into_iter().zip(values.iter().map(String::as_str))),
+        ));
+        by_labels.insert(values, series.clone());
+        series
+    }
+
+    /// Every label set's series, for the exposition.
+    pub fn series(&self) -> Vec<Arc<RequestSeries>> {
+        self.by_labels.lock().expect("request series lock").values().cloned().collect()
     }
 
     /// From the kernel's in-flight map, read after the expired requests left it.

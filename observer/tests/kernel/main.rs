@@ -104,6 +104,42 @@ fn an_overfilled_ring_buffer_counts_every_lost_event() {
     assert_eq!(value(&metrics, "mcp_proxy_requests_total", &[("transport", "burst")]), received);
 }
 
+/// The benchmarks' load calls 5 of the 14 probes: the linker dropped the other 9, whose
+/// notes keep a tombstone address (0, inside the headers' segment of a PIE). They are
+/// absent, not an error, and the 5 kept count exactly what the load says it sent.
+#[test]
+fn a_binary_whose_linker_dropped_probes_is_observed_through_those_it_kept() {
+    let _serial = kernel_test();
+    let load_bin = observer_bin().with_file_name("mcp-bench-load");
+    let mut load = Command::new(&load_bin)
+        .args(["flood", "--mix", "call", "--rate", "0", "--seconds", "0.2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (`cargo build --release` builds it)", load_bin.display()));
+    let pid = load.id().to_string();
+    let (code, stdout, stderr) = observe_once(&["--pid", &pid, "--check"], &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("mcp_probe_backend_connect_start  absent from this binary"), "{stdout}");
+    assert_eq!(stdout.matches("  attached").count(), 5, "{stdout}");
+
+    let observer = start_observer(&[load.id()], &[]);
+    assert_eq!(value(&scrape(&observer), "mcp_observer_probes_attached", &[]), 5.0);
+    load.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let output = load.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let sent: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let calls = sent["iterations"].as_f64().unwrap();
+    assert!(calls > 1000.0, "{sent}");
+    let metrics = scrape_until(&observer, "every call counted", |m| {
+        value(m, "mcp_proxy_requests_total", &[("tool", "tool0000")]) >= calls
+    });
+    assert_eq!(value(&metrics, "mcp_proxy_requests_total", &[("tool", "tool0000")]), calls);
+    assert_eq!(value(&metrics, "mcp_proxy_acl_decisions_total", &[("decision", "allow")]), calls);
+    assert_eq!(value(&metrics, "mcp_proxy_classifier_cache_hits_total", &[("server", "alpha")]), calls);
+}
+
 #[test]
 fn concurrent_requests_in_two_proxies_are_never_mixed_up() {
     let _serial = kernel_test();
@@ -188,7 +224,7 @@ fn errors_name_the_problem_and_the_next_step() {
     assert_eq!(code, 1);
     assert_eq!(
         stderr,
-        "mcp-observe: error: --ring-buffer-bytes 5000 is invalid: it must be a power of two and a multiple of the page size (4096), e.g. 262144\n"
+        "mcp-observe: error: --ring-buffer-bytes 5000 is invalid: it must be a power of two and a multiple of the page size (4096), e.g. 4194304\n"
     );
 
     let (code, _, stderr) = observe_once(&["agent", "--check", "--proc", "/tmp"], &[]);

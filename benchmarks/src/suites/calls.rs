@@ -1,0 +1,101 @@
+//! Probe calls, uprobe hits and one request's cost, from `mcp-bench-load calls`; the
+//! in-process alternatives are timed in the same process, in the same windows.
+
+use std::{process::Command, time::Duration};
+
+use crate::{
+    Bench,
+    process::{self, Running, metric_sum, number},
+    report::{Figure, duration},
+};
+use anyhow::ensure;
+
+pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
+    let (windows, calls) = bench.pick(("15", "20000"), ("3", "2000"));
+    let mut load = Running::spawn(
+        Command::new(&bench.load).args(["calls", "--windows", windows, "--calls", calls]),
+        "calls: pid ",
+    )?;
+    let unattached = load.ask("unattached")?;
+    let [empty, call] = [&unattached["empty_ns"], &unattached["probe_call_ns"]].map(number);
+    bench.record(
+        Figure::new("probe call, nothing attached", duration(call - empty))
+            .baseline(format!("empty loop {}/iteration", duration(empty)))
+            .goal("≤ 2 ns", call - empty <= 2.0),
+    );
+
+    // Calls back to back outrun any drain timer: a ring that holds a whole window.
+    let observer = process::observer(
+        &bench.observer,
+        &["--pid", &load.pid().to_string(), "--ring-buffer-bytes", "33554432"],
+    )?;
+    let attached = load.ask("attached")?;
+    // Another process running the same file: the uprobes fire there too (they are placed
+    // in the file), and the programs return after finding it is not a target.
+    let mut bystander = Running::spawn(
+        Command::new(&bench.load).args(["calls", "--windows", windows, "--calls", calls]),
+        "calls: pid ",
+    )?;
+    let bystanding = bystander.ask("attached")?;
+    bystander.stop()?;
+    // Every event drained (the agent drains every 5 ms), then ground truth against the count.
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, metrics) = process::get(&observer.announced, "/metrics")?;
+    let requests = metric_sum(&metrics, "mcp_proxy_requests_total", &[]);
+    let runs = metric_sum(&metrics, "mcp_proxy_idle_reaper_runs_total", &[]);
+    let lost = metric_sum(&metrics, "mcp_observer_events_lost_total", &[]);
+    ensure!(
+        requests == number(&attached["requests_sent"]) && runs == number(&attached["hits_sent"]),
+        "mcp-observe counted {requests} requests and {runs} probe hits, the load sent {} and {} ({lost} events lost)",
+        attached["requests_sent"],
+        attached["hits_sent"]
+    );
+    observer.stop()?;
+
+    let [hit, shadow_hit, hit99, shadow_hit99] =
+        ["hit_ns_p50", "shadow_hit_ns_p50", "hit_ns_p99", "shadow_hit_ns_p99"].map(|k| number(&attached[k]));
+    bench.record(
+        Figure::new("uprobe hit (idle_reaper_run, event sent), p50", duration(hit - shadow_hit))
+            .baseline(format!(
+                "unattached copy {} p50 (clock reads); p99 {} vs {}",
+                duration(shadow_hit),
+                duration(hit99),
+                duration(shadow_hit99)
+            ))
+            .goal("≤ 700 ns", hit - shadow_hit <= 700.0),
+    );
+    let [bystander_hit, bystander_shadow] =
+        ["hit_ns_p50", "shadow_hit_ns_p50"].map(|k| number(&bystanding[k]));
+    bench.record(
+        Figure::new(
+            "uprobe hit in another process of the same executable (not a target), p50",
+            duration(bystander_hit - bystander_shadow),
+        )
+        .against(
+            format!("a target's hit {}", duration(hit - shadow_hit)),
+            (bystander_hit - bystander_shadow) / (hit - shadow_hit),
+        ),
+    );
+    let [request, shadow_request, clock, prometheus, opentelemetry] =
+        ["request_ns", "shadow_request_ns", "clock_ns", "prometheus_ns", "opentelemetry_ns"]
+            .map(|k| number(&attached[k]));
+    let observed = request - shadow_request;
+    let (prometheus, opentelemetry) = (prometheus - clock, opentelemetry - clock);
+    bench.record(
+        Figure::new("one request, observed by mcp-observe (start + end uprobes)", duration(observed))
+            .against(
+                format!("in-process OpenTelemetry {}", duration(opentelemetry)),
+                observed / opentelemetry,
+            )
+            .goal("below in-process OpenTelemetry", observed < opentelemetry),
+    );
+    bench.record(
+        Figure::new("one request, in-process `prometheus` crate", duration(prometheus))
+            .against(format!("mcp-observe {}", duration(observed)), prometheus / observed),
+    );
+    bench.record(
+        Figure::new("one request, in-process OpenTelemetry SDK (as `mcp serve`)", duration(opentelemetry))
+            .against(format!("mcp-observe {}", duration(observed)), opentelemetry / observed),
+    );
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! The testbed proxy at saturation (a closed-loop client keeping 8 requests in flight), in
+//! five variants taken in turn, round after round: built without probe calls; with them,
+//! unobserved; observed by `mcp-observe --pid`; and instrumented in-process with the
+//! `prometheus` crate and with the OpenTelemetry SDK. Each figure is the median over
+//! rounds of the ratio within a round, so that drift between rounds cancels out, with the
+//! interquartile range of those ratios: on a shared 2-core VM one window's throughput
+//! varies by several percent, more than some of the effects measured here.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, ensure};
+use mcp_observe_benchmarks::stats::{median, percentile};
+
+use crate::{
+    Bench,
+    process::{self, Running, number},
+    report::Figure,
+};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Variant {
+    WithoutProbes,
+    Unobserved,
+    Observed,
+    Prometheus,
+    OpenTelemetry,
+}
+
+const VARIANTS: [Variant; 5] = [
+    Variant::WithoutProbes,
+    Variant::Unobserved,
+    Variant::Observed,
+    Variant::Prometheus,
+    Variant::OpenTelemetry,
+];
+
+pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
+    let (rounds, seconds) = bench.pick((15, "2"), (1, "1"));
+    let proxy = |binary: &Path, extra: &[&str]| {
+        Running::spawn(
+            Command::new(binary).args(["proxy", "--listen", "127.0.0.1:0"]).args(extra),
+            " serving http://",
+        )
+    };
+    let without = proxy(&bench.testbed_without_probes, &[])?;
+    let with = proxy(&bench.testbed, &[])?;
+    let prometheus = proxy(&bench.testbed, &["--in-process-metrics", "prometheus"])?;
+    let opentelemetry = proxy(&bench.testbed, &["--in-process-metrics", "opentelemetry"])?;
+    let of = |variant| match variant {
+        Variant::WithoutProbes => &without,
+        Variant::Unobserved | Variant::Observed => &with,
+        Variant::Prometheus => &prometheus,
+        Variant::OpenTelemetry => &opentelemetry,
+    };
+    // Backends started and code paths warm before anything counts.
+    for variant in [Variant::WithoutProbes, Variant::Unobserved, Variant::Prometheus, Variant::OpenTelemetry]
+    {
+        saturate(&bench.testbed, of(variant), "1")?;
+    }
+    // Requests per second, by round and variant.
+    let mut windows: Vec<[f64; 5]> = Vec::new();
+    for round in 0..rounds {
+        let mut measured = [0.0; 5];
+        // Each round starts at another variant: no variant always follows the same one.
+        for i in 0..VARIANTS.len() {
+            let variant = VARIANTS[(round + i) % VARIANTS.len()];
+            let proxy = of(variant);
+            let observer = match variant {
+                Variant::Observed => {
+                    Some(process::observer(&bench.observer, &["--pid", &proxy.pid().to_string()])?)
+                }
+                _ => None,
+            };
+            measured[variant as usize] = saturate(&bench.testbed, proxy, seconds)?;
+            if let Some(observer) = observer {
+                observer.stop()?;
+            }
+        }
+        windows.push(measured);
+    }
+
+    let rate = |v: Variant| median(&mut windows.iter().map(|w| w[v as usize]).collect::<Vec<_>>());
+    let mut figure = |name: &str, variant: Variant, (baseline, of): (&str, Variant), goal: Option<f64>| {
+        let mut ratios: Vec<f64> = windows.iter().map(|w| w[variant as usize] / w[of as usize]).collect();
+        let (q1, q3) = (percentile(&mut ratios, 0.25), percentile(&mut ratios, 0.75));
+        let ratio = median(&mut ratios);
+        let figure = Figure::new(format!("proxy throughput, {name}"), format!("{:.0} req/s", rate(variant)))
+            .against(
+                format!("{baseline} {:.0} req/s; IQR of the round ratios {q1:.3}–{q3:.3}", rate(of)),
+                ratio,
+            );
+        bench.record(match goal {
+            Some(goal) => figure.goal(format!("≥ {goal}"), ratio >= goal),
+            None => figure,
+        });
+    };
+    let unobserved = ("unobserved", Variant::Unobserved);
+    figure(
+        "probes compiled in, unobserved",
+        Variant::Unobserved,
+        ("no probe calls", Variant::WithoutProbes),
+        Some(0.999),
+    );
+    figure("observed by mcp-observe", Variant::Observed, unobserved, Some(0.99));
+    figure("in-process `prometheus` crate", Variant::Prometheus, unobserved, None);
+    figure("in-process OpenTelemetry", Variant::OpenTelemetry, unobserved, None);
+    Ok(())
+}
+
+/// Runs the saturating client against `proxy` for `seconds`: requests per second.
+fn saturate(testbed: &Path, proxy: &Running, seconds: &str) -> anyhow::Result<f64> {
+    let url = format!("http://{}/mcp", proxy.announced);
+    let output = Command::new(testbed)
+        .args(["saturate", "--url", &url, "--seconds", seconds, "--concurrency", "8"])
+        .output()
+        .context("running mcp-testbed saturate")?;
+    ensure!(
+        output.status.success(),
+        "mcp-testbed saturate: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("saturate's JSON")?;
+    Ok(number(&report["per_second"]))
+}
