@@ -151,16 +151,19 @@ pub fn series(text: &str) -> usize {
     text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).count()
 }
 
-/// CPU time of process `pid` so far, to the nanosecond: the sum over its threads of the
-/// scheduler's run time (/proc/PID/task/TID/schedstat), not the 10 ms ticks of `stat`.
+/// CPU time of process `pid` so far, to the nanosecond, threads that ended included: its
+/// process CPU-time clock (the ticks of /proc/PID/stat are 10 ms).
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
-    let mut ns = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).with_context(|| format!("pid {pid}"))? {
-        // A thread may end between the listing and the read.
-        let Ok(stat) = std::fs::read_to_string(task?.path().join("schedstat")) else { continue };
-        ns += stat.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).context("schedstat")?;
-    }
-    Ok(Duration::from_nanos(ns))
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: plain calls filling the values passed by pointer.
+    let time = unsafe {
+        let code = libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock);
+        anyhow::ensure!(code == 0, "the CPU clock of pid {pid}: {}", std::io::Error::from_raw_os_error(code));
+        let mut time: libc::timespec = std::mem::zeroed();
+        anyhow::ensure!(libc::clock_gettime(clock, &mut time) == 0, "reading the CPU clock of pid {pid}");
+        time
+    };
+    Ok(Duration::new(time.tv_sec as u64, time.tv_nsec as u32))
 }
 
 /// Resident set size of `pid`, in bytes.

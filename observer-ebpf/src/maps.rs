@@ -21,7 +21,7 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 /// events are submitted without a wakeup and the agent drains on a timer: a wakeup per
 /// event costs ~6 µs (an irq_work self-IPI) on a VM. Set by the agent at load.
 #[unsafe(no_mangle)]
-static WAKEUP_THRESHOLD: u64 = 64 * 1024;
+static WAKEUP_THRESHOLD: u64 = 1 << 20;
 
 pub fn count(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {

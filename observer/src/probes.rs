@@ -194,8 +194,7 @@ pub fn from_elf<'d, R: ReadRef<'d>>(
     };
     let Some(((abi_version, raw), source)) = found else { return Ok(None) };
     // A probe the linker discarded (never called) keeps its note with a tombstone address
-    // (0 for GNU ld, which in a PIE lies in the headers' segment): outside every executable
-    // segment, it is absent, not an error.
+    // (0): it is absent, not an error.
     let sites = raw
         .into_iter()
         .filter_map(|(name, address)| {
@@ -259,7 +258,12 @@ fn from_symbols<'d, R: ReadRef<'d>>(file: &ElfFile64<'d, object::Endianness, R>)
 }
 
 /// Where the code at `address` lies in the file, if it lies in an executable segment.
+/// Address 0 is the linkers' tombstone, never a probe: where the headers share the first,
+/// executable segment with the code (aarch64's default), it would lie inside one.
 fn file_offset<'d, R: ReadRef<'d>>(file: &ElfFile64<'d, object::Endianness, R>, address: u64) -> Option<u64> {
+    if address == 0 {
+        return None;
+    }
     file.segments().find_map(|segment| {
         let SegmentFlags::Elf { p_flags, .. } = segment.flags() else { return None };
         if !p_flags.contains(object::elf::PF_X) {

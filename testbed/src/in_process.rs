@@ -161,20 +161,26 @@ impl OtelMetrics {
         Self { provider, requests, request_duration }
     }
 
-    /// Upstream's `finish_audit`: owned `String` attributes, server and tool only when known.
+    /// Upstream's `finish_audit`: owned `String` attributes, server and tool only when known,
+    /// the status `ok` or `error`, and the tool name stripped of its `server__` prefix (upstream
+    /// keeps it namespaced until then: the same allocations here).
     fn record(&self, labels: &RequestLabels<'_>, started: Instant) {
         let duration_ms = started.elapsed().as_millis() as u64;
+        let status = if labels.status == Status::Ok { "ok" } else { "error" };
         let mut attributes = vec![
             KeyValue::new("mcp.method", labels.method.to_string()),
             KeyValue::new("mcp.transport", labels.transport.to_string()),
-            KeyValue::new("mcp.status", status_label(labels.status).to_string()),
+            KeyValue::new("mcp.status", status.to_string()),
             KeyValue::new("mcp.identity", labels.identity.to_string()),
         ];
         if !labels.server.is_empty() {
             attributes.push(KeyValue::new("mcp.server", labels.server.to_string()));
         }
         if !labels.tool.is_empty() {
-            attributes.push(KeyValue::new("mcp.tool", labels.tool.to_string()));
+            let namespaced = format!("{}__{}", labels.server, labels.tool);
+            let prefix = format!("{}__", labels.server);
+            let bare = namespaced.strip_prefix(&prefix).unwrap_or(&namespaced).to_string();
+            attributes.push(KeyValue::new("mcp.tool", bare));
         }
         self.requests.add(1, &attributes);
         self.request_duration.record(duration_ms as f64, &attributes);
@@ -346,7 +352,7 @@ mod tests {
             pair("mcp.identity", "alice"),
             pair("mcp.method", "tools/call"),
             pair("mcp.server", "alpha"),
-            pair("mcp.status", "tool_error"),
+            pair("mcp.status", "error"),
             pair("mcp.tool", "echo"),
             pair("mcp.transport", "streamable_http"),
         ];

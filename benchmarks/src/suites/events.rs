@@ -52,9 +52,12 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
     let enabled = std::fs::read_to_string(STATS)?;
     std::fs::write(STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
     let result = (|| {
-        let before = program_stats()?;
-        let flooded =
-            flood(bench, &[], &["--mix", "call", "--rate", "100000", "--seconds", bench.pick("5", "1")])?;
+        let (flooded, before) = flood_after(
+            bench,
+            &[],
+            &["--mix", "call", "--rate", "100000", "--seconds", bench.pick("5", "1")],
+            program_stats,
+        )?;
         let after = program_stats()?;
         flooded.observer.stop()?;
         Ok::<_, anyhow::Error>((before, after))
@@ -94,16 +97,27 @@ pub struct Flooded {
 /// Starts `mcp-bench-load flood FLOOD…` under `mcp-observe --pid … OBSERVER…`, lets it run
 /// and returns what it sent, once every event has been drained.
 pub fn flood(bench: &Bench, observer: &[&str], flood: &[&str]) -> anyhow::Result<Flooded> {
+    Ok(flood_after(bench, observer, flood, || Ok(()))?.0)
+}
+
+/// [`flood`], calling `ready` once the agent is attached, just before the flood starts.
+pub fn flood_after<T>(
+    bench: &Bench,
+    observer: &[&str],
+    flood: &[&str],
+    ready: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(Flooded, T)> {
     let mut load =
         Running::spawn(Command::new(&bench.load).arg("flood").args(flood), "mcp-bench-load: pid ")?;
     let pid = load.pid().to_string();
     let observer = process::observer(&bench.observer, &[&["--pid", pid.as_str()], observer].concat())?;
+    let at_ready = ready()?;
     let (cpu, start) = (process::cpu_time(observer.pid())?, Instant::now());
     let sent = load.ask("go")?;
-    // The agent drains every 5 to 40 ms; a fraction of a second is plenty.
+    // The agent drains every 5 to 80 ms; a fraction of a second is plenty.
     std::thread::sleep(Duration::from_millis(500));
     let agent_cpu = (process::cpu_time(observer.pid())? - cpu).as_secs_f64() / start.elapsed().as_secs_f64();
-    Ok(Flooded { sent, observer, agent_cpu })
+    Ok((Flooded { sent, observer, agent_cpu }, at_ready))
 }
 
 /// (run time in ns, runs) of every loaded program of mcp-observe's, by name.

@@ -22,9 +22,11 @@ use crate::{
 pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
     let (rounds, execs, round_trips) = bench.pick((6, 400, 20_000), (1, 50, 2_000));
     let (mut exec, mut tcp) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
+    for index in 0..rounds {
         let mut round = [[0.0; 2]; 2];
-        for observed in [false, true] {
+        // Every other round measures with the agent first: drift within a round cancels out.
+        let order = if index % 2 == 0 { [false, true] } else { [true, false] };
+        for observed in order {
             let agent = observed.then(|| process::observer(&bench.observer, &["agent"])).transpose()?;
             round[0][observed as usize] = exec_ns(execs)?;
             round[1][observed as usize] = round_trip_ns(round_trips)?;

@@ -61,9 +61,7 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
     let mut windows: Vec<[f64; 5]> = Vec::new();
     for round in 0..rounds {
         let mut measured = [0.0; 5];
-        // Each round starts at another variant: no variant always follows the same one.
-        for i in 0..VARIANTS.len() {
-            let variant = VARIANTS[(round + i) % VARIANTS.len()];
+        for variant in shuffled(round) {
             let proxy = of(variant);
             let observer = match variant {
                 Variant::Observed => {
@@ -105,6 +103,20 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
     figure("in-process `prometheus` crate", Variant::Prometheus, unobserved, None);
     figure("in-process OpenTelemetry", Variant::OpenTelemetry, unobserved, None);
     Ok(())
+}
+
+/// The variants in an order of their own for each round (a fixed sequence of shuffles),
+/// so that no variant always follows the same one.
+fn shuffled(round: usize) -> [Variant; 5] {
+    let mut order = VARIANTS;
+    // SplitMix64 of the round: deterministic, and enough to vary neighbours.
+    let mut state = (round as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    for i in (1..order.len()).rev() {
+        state = (state ^ (state >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        state = (state ^ (state >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb) ^ (state >> 31);
+        order.swap(i, (state % (i as u64 + 1)) as usize);
+    }
+    order
 }
 
 /// Runs the saturating client against `proxy` for `seconds`: requests per second.

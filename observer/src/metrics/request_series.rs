@@ -37,7 +37,9 @@ pub struct RequestSeries {
     total: AtomicU64,
     /// Observations per bucket (not cumulative); the last is above every bound.
     buckets: [AtomicU64; 18],
-    sum_ns: AtomicU64,
+    /// The sum of the observations in seconds, as `f64` bits: a sum of nanoseconds in a
+    /// `u64` would wrap within a year on a busy proxy with long calls.
+    sum: AtomicU64,
 }
 
 impl RequestSeries {
@@ -54,7 +56,7 @@ impl RequestSeries {
             labels: rendered,
             total: AtomicU64::new(0),
             buckets: Default::default(),
-            sum_ns: AtomicU64::new(0),
+            sum: AtomicU64::new(0f64.to_bits()),
         }
     }
 
@@ -65,7 +67,10 @@ impl RequestSeries {
     pub fn observe(&self, duration_ns: u64) {
         let bucket = BOUNDS_NS.partition_point(|&bound| bound < duration_ns);
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(duration_ns, Ordering::Relaxed);
+        let seconds = duration_ns as f64 / 1e9;
+        let _ = self.sum.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |sum| {
+            Some((f64::from_bits(sum) + seconds).to_bits())
+        });
     }
 }
 
@@ -76,14 +81,17 @@ pub fn encode<'a>(out: &mut String, series: impl Iterator<Item = &'a RequestSeri
         let _ = writeln!(out, "{TOTAL}{{{}}} {}", s.labels, s.total.load(Ordering::Relaxed));
     }
     let _ = writeln!(out, "# HELP {DURATION} {DURATION_HELP}\n# TYPE {DURATION} histogram");
-    for s in series {
+    // A label set never timed (only expired, or ended without a start seen) has a count
+    // but no latency: no histogram.
+    let timed = series.filter(|s| s.buckets.iter().any(|b| b.load(Ordering::Relaxed) > 0));
+    for s in timed {
         let mut cumulative = 0;
         for (bound, bucket) in BUCKETS.iter().zip(&s.buckets) {
             cumulative += bucket.load(Ordering::Relaxed);
             let _ = writeln!(out, "{DURATION}_bucket{{{},le=\"{bound}\"}} {cumulative}", s.labels);
         }
         cumulative += s.buckets[BUCKETS.len()].load(Ordering::Relaxed);
-        let sum = s.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum = f64::from_bits(s.sum.load(Ordering::Relaxed));
         let _ = writeln!(out, "{DURATION}_bucket{{{},le=\"+Inf\"}} {cumulative}", s.labels);
         let _ = writeln!(out, "{DURATION}_sum{{{}}} {sum}", s.labels);
         let _ = writeln!(out, "{DURATION}_count{{{}}} {cumulative}", s.labels);
@@ -110,8 +118,15 @@ mod tests {
         series.observe(500_000); // 0.5 ms: the first bucket
         series.observe(2_000_000_000); // 2 s: le=2.5
         series.observe(400_000_000_000); // above 300 s: only +Inf
+        let untimed = RequestSeries::new([("status", "timeout")]);
+        untimed.count();
         let mut text = String::new();
-        encode(&mut text, [&series].into_iter());
+        encode(&mut text, [&series, &untimed].into_iter());
+        assert!(text.contains("mcp_proxy_requests_total{status=\"timeout\"} 1\n"), "{text}");
+        assert!(
+            !text.contains("_bucket{status=\"timeout\""),
+            "an untimed label set has no histogram: {text}"
+        );
         let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
         let total = scrape.samples.iter().find(|s| s.metric == TOTAL).unwrap();
         assert!(matches!(total.value, prometheus_parse::Value::Counter(v) if v == 2.0), "{total:?}");

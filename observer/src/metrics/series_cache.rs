@@ -9,9 +9,10 @@ use observer_common::{FLAG_TRUNCATED_SHIFT, ProbeEvent, field};
 
 use crate::events::string;
 
-/// Label sets kept per family. Label values come from clients: when this many distinct
-/// byte strings were seen, the cache starts over rather than grow.
-const CAPACITY: usize = 4096;
+/// Label sets kept per family (at most about 0.5 MB with every string at its cap). Label
+/// values come from clients: past this many, a new label set is resolved at every event,
+/// as without the cache; the first ones seen, usually the busiest, stay cached.
+const CAPACITY: usize = 1024;
 
 /// Every slot's truncated flag.
 const TRUNCATED: u32 = ((1 << field::COUNT) - 1) << FLAG_TRUNCATED_SHIFT;
@@ -31,7 +32,8 @@ pub struct SeriesCache<V> {
 }
 
 struct Inner<V> {
-    series: HashMap<Box<[u8]>, (V, u8), foldhash::fast::RandomState>,
+    /// Keyed by client-chosen bytes: a hasher made to resist collisions forced by them.
+    series: HashMap<Box<[u8]>, (V, u8), ahash::RandomState>,
     /// The key being looked up, built here so that a hit allocates nothing.
     key: Vec<u8>,
 }
@@ -76,10 +78,9 @@ impl<V: Clone> SeriesCache<V> {
             value
         });
         let made = make(values);
-        if series.len() >= CAPACITY {
-            series.clear();
+        if series.len() < CAPACITY {
+            series.insert(key.as_slice().into(), (made.clone(), folded));
         }
-        series.insert(key.as_slice().into(), (made.clone(), folded));
         made
     }
 }

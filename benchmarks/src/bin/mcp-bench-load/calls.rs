@@ -7,7 +7,10 @@
 //!   probes ([`crate::shadow`]); and one request recorded in-process with the `prometheus`
 //!   crate and with the OpenTelemetry SDK as upstream `mcp serve` does, against nothing.
 
-use std::{hint::black_box, time::Instant};
+use std::{
+    hint::black_box,
+    time::{Duration, Instant},
+};
 
 use mcp_observe_benchmarks::stats::{median, percentile};
 use mcp_probes::{ProbeStr, RequestEnd, RequestLabels, Status};
@@ -82,14 +85,19 @@ fn attached(args: &Args) -> serde_json::Value {
     let [mut hit, mut shadow_hit] = [Vec::new(), Vec::new()];
     let [mut pair, mut shadow_pair, mut empty, mut prom, mut otel] =
         [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    // The agent drains an observed window's events on the other CPU: the windows after
+    // it start once it is done, not while it competes with them.
+    let drained = || std::thread::sleep(Duration::from_millis(50));
     for _ in 0..args.windows {
         hit.extend(each_call(args.calls, mcp_probes::idle_reaper_run));
+        drained();
         shadow_hit.extend(each_call(args.calls, || shadow_idle_reaper_run()));
         pair.push(per_call(args.calls, |_| {
             next_id += 1;
             mcp_probes::request_start(next_id);
             mcp_probes::request_end(next_id, &LABELS);
         }));
+        drained();
         shadow_pair.push(per_call(args.calls, |i| {
             shadow_request_start(i);
             shadow_request_end(i, &end);
