@@ -45,6 +45,13 @@ impl Figure {
         self
     }
 
+    /// A goal this run cannot judge (its noise is larger than the margin).
+    pub fn undecided(mut self, goal: impl Into<String>) -> Self {
+        self.goal = goal.into();
+        self.met = None;
+        self
+    }
+
     /// Prints it at once, so that a long run shows its figures as they come.
     pub fn print(&self) {
         let ratio = self.ratio.map(|r| format!("{r:.3}")).unwrap_or_default();

@@ -41,10 +41,16 @@ impl Access {
     pub fn acl_decision(&self, ev: &ProbeEvent, labels: &dyn Resolve) -> Result<(), DecodeError> {
         let decision = name(names::DECISION, "ACL decision", low_u32(ev.value))?;
         let slots = [field::IDENTITY, field::SERVER, field::TOOL];
-        let series = self.acl_series.get(ev, slots, low_u32(ev.value), labels, |[identity, server, tool]| {
-            self.acl_decisions.with_label_values(&[identity.as_str(), &server, &tool, decision])
-        });
-        series.inc();
+        self.acl_series.record(
+            ev,
+            slots,
+            low_u32(ev.value),
+            labels,
+            |[identity, server, tool]| {
+                self.acl_decisions.with_label_values(&[identity.as_str(), &server, &tool, decision])
+            },
+            IntCounter::inc,
+        );
         Ok(())
     }
 

@@ -76,11 +76,14 @@ impl Caches {
     pub fn classifier_lookup(&self, ev: &ProbeEvent, labels: &dyn Resolve) -> Result<(), DecodeError> {
         let outcome = name(names::CACHE_OUTCOME, "classifier cache outcome", low_u32(ev.value))?;
         let counter = if outcome == "hit" { &self.classifier_hits } else { &self.classifier_misses };
-        let series =
-            self.classifier_series.get(ev, [field::SERVER], low_u32(ev.value), labels, |[server]| {
-                counter.with_label_values(&[&server])
-            });
-        series.inc();
+        self.classifier_series.record(
+            ev,
+            [field::SERVER],
+            low_u32(ev.value),
+            labels,
+            |[server]| counter.with_label_values(&[&server]),
+            IntCounter::inc,
+        );
         Ok(())
     }
 

@@ -78,7 +78,8 @@ impl Workload {
 /// The workloads, by the target processes that feed them and by their labels.
 #[derive(Default)]
 struct Workloads {
-    by_tgid: HashMap<u32, Arc<Workload>>,
+    /// Looked up at every event: a fast hasher (pids are not chosen by clients).
+    by_tgid: HashMap<u32, Arc<Workload>, ahash::RandomState>,
     by_labels: HashMap<WorkloadLabels, Registered>,
 }
 
@@ -190,11 +191,13 @@ impl Metrics {
         if matches!(kind, kind::PROCESS_EXEC | kind::TARGET_EXIT) {
             return;
         }
-        let Some(workload) = self.workloads().by_tgid.get(&event.header.tgid).cloned() else {
+        // Read-locked while the event is recorded: recording never takes this lock again.
+        let workloads = self.workloads();
+        let Some(workload) = workloads.by_tgid.get(&event.header.tgid) else {
             self.observer.orphan_events.inc();
             return;
         };
-        if let Err(error) = self.dispatch(&workload, event) {
+        if let Err(error) = self.dispatch(workload, event) {
             self.decode_error(&error);
         }
     }

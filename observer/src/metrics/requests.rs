@@ -93,14 +93,21 @@ impl Requests {
             observer.unmatched(kind::REQUEST_END);
         }
         let slots = [field::METHOD, field::TRANSPORT, field::IDENTITY, field::SERVER, field::TOOL];
-        let series =
-            self.series.get(ev, slots, ev.value, labels, |[method, transport, identity, server, tool]| {
+        self.series.record(
+            ev,
+            slots,
+            ev.value,
+            labels,
+            |[method, transport, identity, server, tool]| {
                 self.series_of([method, transport, status.to_string(), identity, server, tool])
-            });
-        series.count();
-        if ev.flags & FLAG_NO_START == 0 {
-            series.observe(ev.duration_ns);
-        }
+            },
+            |series| {
+                series.count();
+                if ev.flags & FLAG_NO_START == 0 {
+                    series.observe(ev.duration_ns);
+                }
+            },
+        );
         Ok(())
     }
 

@@ -7,8 +7,6 @@ use std::{collections::HashMap, sync::Mutex};
 
 use observer_common::{FLAG_TRUNCATED_SHIFT, ProbeEvent, field};
 
-use crate::events::string;
-
 /// Label sets kept per family (at most about 0.5 MB with every string at its cap). Label
 /// values come from clients: past this many, a new label set is resolved at every event,
 /// as without the cache; the first ones seen, usually the busiest, stay cached.
@@ -38,38 +36,43 @@ struct Inner<V> {
     key: Vec<u8>,
 }
 
-impl<V: Clone> SeriesCache<V> {
+impl<V> SeriesCache<V> {
     pub fn new() -> Self {
         Self { inner: Mutex::new(Inner { series: HashMap::default(), key: Vec::with_capacity(512) }) }
     }
 
-    /// The series of `ev`'s strings in `slots` and of `scalar` (an ABI value that becomes a
-    /// label); on first sight, `make` builds them from the resolved values, in slot order.
-    pub fn get<const N: usize>(
+    /// Calls `record` with the series of `ev`'s strings in `slots` and of `scalar` (an ABI
+    /// value that becomes a label); on first sight, `make` builds them from the resolved
+    /// values, in slot order.
+    pub fn record<const N: usize, R>(
         &self,
         ev: &ProbeEvent,
         slots: [usize; N],
         scalar: u64,
         labels: &dyn Resolve,
         make: impl FnOnce([String; N]) -> V,
-    ) -> V {
+        record: impl FnOnce(&V) -> R,
+    ) -> R {
         let mut inner = self.inner.lock().expect("series cache lock");
         let Inner { series, key } = &mut *inner;
-        key.clear();
-        key.extend_from_slice(&scalar.to_ne_bytes());
-        for slot in slots {
-            let bytes = string(ev, slot);
-            key.push(u8::from(super::truncated(ev, slot)));
-            key.extend_from_slice(&(bytes.len() as u16).to_ne_bytes());
-            key.extend_from_slice(bytes);
+        // The scalar, the truncation flags, every length, then the strings as they lie,
+        // packed: an event of one kind carries no other strings than its own slots'.
+        let mut head = [0u8; 8 + 4 + 2 * field::COUNT];
+        head[..8].copy_from_slice(&scalar.to_ne_bytes());
+        head[8..12].copy_from_slice(&(ev.flags & TRUNCATED).to_ne_bytes());
+        for (at, len) in ev.lens.iter().enumerate() {
+            head[12 + 2 * at..14 + 2 * at].copy_from_slice(&len.to_ne_bytes());
         }
+        key.clear();
+        key.extend_from_slice(&head);
+        key.extend_from_slice(&ev.strings[..ev.string_start(field::COUNT)]);
         if let Some((found, folded)) = series.get(key.as_slice()) {
             if *folded != 0 || ev.flags & TRUNCATED != 0 {
                 for slot in slots {
                     labels.recount(ev, slot, folded & (1 << slot) != 0);
                 }
             }
-            return found.clone();
+            return record(found);
         }
         let mut folded = 0u8;
         let values = slots.map(|slot| {
@@ -78,9 +81,10 @@ impl<V: Clone> SeriesCache<V> {
             value
         });
         let made = make(values);
+        let recorded = record(&made);
         if series.len() < CAPACITY {
-            series.insert(key.as_slice().into(), (made.clone(), folded));
+            series.insert(key.as_slice().into(), (made, folded));
         }
-        made
+        recorded
     }
 }
