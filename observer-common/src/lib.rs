@@ -183,14 +183,21 @@ impl ProbeEvent {
     /// Where string slot `slot` starts in [`ProbeEvent::strings`].
     #[inline(always)]
     pub fn string_start(&self, slot: usize) -> usize {
-        let mut at = 0;
-        let mut before = 0;
-        while before < slot && before < field::COUNT {
-            at += self.lens[before] as usize;
-            before += 1;
-        }
-        at
+        string_start(&self.lens, slot)
     }
+}
+
+/// Where string slot `slot` starts among strings of lengths `lens` packed in slot order:
+/// the layout both the kernel (writing) and the agent (reading) follow.
+#[inline(always)]
+pub fn string_start(lens: &[u16; field::COUNT], slot: usize) -> usize {
+    let mut at = 0;
+    let mut before = 0;
+    while before < slot && before < field::COUNT {
+        at += lens[before] as usize;
+        before += 1;
+    }
+    at
 }
 
 /// TCP events' `value`: the connection's direction in the low 32 bits (a

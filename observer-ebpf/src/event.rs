@@ -8,7 +8,7 @@ use aya_ebpf::helpers::{
 use core::ptr::addr_of_mut;
 use observer_common::{
     CAPS, EventHeader, FLAG_TRUNCATED_SHIFT, FLAG_UNREADABLE_SHIFT, ProbeEvent, STRINGS_CAP, abi, counter,
-    field,
+    field, string_start,
 };
 
 use crate::maps::{EVENTS, count, submit_flags};
@@ -63,11 +63,7 @@ pub fn send_for(
 #[inline(always)]
 unsafe fn slot<const FIELD: usize>(ev: *mut ProbeEvent) -> Option<*mut u8> {
     // SAFETY: `lens` is written (zeroed by `send_for`, then set slot after slot).
-    let lens = unsafe { (*ev).lens };
-    let mut at = 0usize;
-    for len in &lens[..FIELD] {
-        at += *len as usize;
-    }
+    let at = string_start(&unsafe { (*ev).lens }, FIELD);
     // Never true (each length is at most its cap); tells the verifier the write fits.
     if at > STRINGS_CAP - CAPS[FIELD] {
         return None;

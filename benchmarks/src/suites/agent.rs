@@ -149,6 +149,9 @@ fn cpu_share(pid: u32, window: Duration) -> anyhow::Result<f64> {
 
 /// p99 of gather + text encoding of a registry of request counters and histograms with
 /// about `series` samples, as an in-process exporter would serve them.
+/// (The same registry as the testbed's `--in-process-metrics prometheus`, built here
+/// because linking the testbed library would bring the probe note into this binary, and
+/// the node-wide agent of the node suite would then take the orchestrator for a proxy.)
 fn prometheus_encode(series: usize, scrapes: usize) -> f64 {
     let registry = Registry::new();
     let labels = ["method", "transport", "status", "identity", "server", "tool"];
