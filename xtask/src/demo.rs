@@ -148,9 +148,10 @@ pub fn run() -> anyhow::Result<()> {
 fn sample<'a>(metrics: &'a str, name: &str, labels: &[(&str, String)]) -> Option<&'a str> {
     metrics.lines().find_map(|line| {
         let (series, value) = line.strip_prefix(name)?.strip_prefix('{')?.rsplit_once("} ")?;
-        // Label values here never hold `",`: splitting on it is enough for the demo.
+        // Label values here never hold `",`: splitting on it is enough for the demo. Only the
+        // last quote goes: the last value may be empty (`tool=""`).
         let pairs: Vec<(&str, &str)> =
-            series.trim_end_matches('"').split("\",").filter_map(|pair| pair.split_once("=\"")).collect();
+            series.strip_suffix('"')?.split("\",").filter_map(|pair| pair.split_once("=\"")).collect();
         labels.iter().all(|(k, v)| pairs.contains(&(*k, v.as_str()))).then_some(value)
     })
 }
