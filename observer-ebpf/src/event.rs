@@ -5,7 +5,7 @@ use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid,
     generated::{bpf_probe_read_kernel, bpf_probe_read_user},
 };
-use core::ptr::addr_of_mut;
+use core::ptr::{addr_of_mut, write_volatile};
 use observer_common::{
     CAPS, EventHeader, FLAG_TRUNCATED_SHIFT, FLAG_UNREADABLE_SHIFT, ProbeEvent, STRINGS_CAP, abi, counter,
     field, string_start,
@@ -17,17 +17,11 @@ pub fn tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-/// Reserves an event for the current process, fills the header, `id` and `value` and
-/// leaves every string empty; `fill` then writes strings (with [`read_str`]) and the
-/// duration and returns the flags.
+/// Reserves an event for target `target` (kernel hooks run in any process's context),
+/// fills the header, `id` and `value` and leaves every string empty; `fill` then writes
+/// strings (with [`read_str`]) and the duration and returns the flags.
 #[inline(always)]
-pub fn send(kind: u32, now: u64, id: u64, value: u64, fill: impl FnOnce(*mut ProbeEvent) -> u32) {
-    send_for(tgid(), kind, now, id, value, fill);
-}
-
-/// [`send`] on behalf of target `target`: kernel hooks run in any process's context.
-#[inline(always)]
-pub fn send_for(
+pub fn send(
     target: u32,
     kind: u32,
     now: u64,
@@ -42,14 +36,18 @@ pub fn send_for(
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points to a reservation of the right size; every field is written
-    // through raw pointers before submit (strings only up to their lengths).
+    // through raw pointers before submit (strings only up to their lengths). Volatile:
+    // LLVM would merge the zero stores into a call to an out-of-line memset (a loop).
     unsafe {
-        (*ev).header = EventHeader { kind, tgid: target, ts_ns: now };
-        (*ev).id = id;
-        (*ev).duration_ns = 0;
-        (*ev).value = value;
-        (*ev).lens = [0; field::COUNT];
-        (*ev).pad = 0;
+        write_volatile(addr_of_mut!((*ev).header), EventHeader { kind, tgid: target, ts_ns: now });
+        write_volatile(addr_of_mut!((*ev).id), id);
+        write_volatile(addr_of_mut!((*ev).duration_ns), 0);
+        write_volatile(addr_of_mut!((*ev).value), value);
+        // `lens` and `pad`: three aligned words (asserted in observer_common).
+        let lens = addr_of_mut!((*ev).lens).cast::<u32>();
+        for word in 0..3 {
+            write_volatile(lens.add(word), 0);
+        }
         (*ev).flags = fill(ev);
     }
     entry.submit(submit_flags());
@@ -62,7 +60,7 @@ pub fn send_for(
 /// `ev` must point to a reserved event whose `lens` are written.
 #[inline(always)]
 unsafe fn slot<const FIELD: usize>(ev: *mut ProbeEvent) -> Option<*mut u8> {
-    // SAFETY: `lens` is written (zeroed by `send_for`, then set slot after slot).
+    // SAFETY: `lens` is written (zeroed by `send`, then set slot after slot).
     let at = string_start(&unsafe { (*ev).lens }, FIELD);
     // Never true (each length is at most its cap); tells the verifier the write fits.
     if at > STRINGS_CAP - CAPS[FIELD] {

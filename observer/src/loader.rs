@@ -13,7 +13,7 @@ use aya::{
 };
 use observer_common::{
     COUNTERS_MAP, DISCOVER_GLOBAL, EVENTS_MAP, IN_FLIGHT_MAP, LAYOUT_GLOBAL, LISTENING_MAP, Layout,
-    SOCKETS_MAP, TRACKED_MAP, WAKEUP_THRESHOLD_GLOBAL,
+    REQUEST_LATENCY_GLOBAL, SOCKETS_MAP, TRACKED_MAP, WAKEUP_THRESHOLD_GLOBAL,
 };
 
 use crate::{
@@ -72,17 +72,25 @@ pub struct ProbeLink {
 /// The loaded programs; dropping it detaches every probe.
 pub struct Loaded {
     ebpf: Ebpf,
+    request_latency: bool,
 }
 
 impl Loaded {
     /// Loads every program; the kernel hooks read their tracepoints' fields at `layout`.
     /// `discover`: the kernel reports every exec outside the targets' trees.
-    pub fn load(ring: RingConfig, layout: &Layout, discover: bool) -> Result<Self, ObserveError> {
+    /// `request_latency`: false leaves `request_start` unattached and ends untimed.
+    pub fn load(
+        ring: RingConfig,
+        layout: &Layout,
+        discover: bool,
+        request_latency: bool,
+    ) -> Result<Self, ObserveError> {
         let threshold = ring.wakeup_threshold();
         let mut ebpf = EbpfLoader::new()
             .override_global(WAKEUP_THRESHOLD_GLOBAL, &threshold, true)
             .override_global(LAYOUT_GLOBAL, layout, true)
             .override_global(DISCOVER_GLOBAL, &u32::from(discover), true)
+            .override_global(REQUEST_LATENCY_GLOBAL, &u32::from(request_latency), true)
             .map_max_entries(EVENTS_MAP, ring.bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| ObserveError::Load(Box::new(e)))?;
@@ -93,7 +101,7 @@ impl Loaded {
         for hook in HOOKS {
             program::<TracePoint>(&mut ebpf, hook.program).load().map_err(failed)?;
         }
-        Ok(Self { ebpf })
+        Ok(Self { ebpf, request_latency })
     }
 
     /// Attaches every kernel hook this kernel has tracepoints for (an optional one may be
@@ -136,6 +144,9 @@ impl Loaded {
         // session that begins between two attaches must not be left open forever (an end
         // without a start is counted instead).
         for &(probe, name) in CATALOGUE.iter().rev() {
+            if probe == "request_start" && !self.request_latency {
+                continue;
+            }
             // Probes the proxy never calls may have been discarded by its linker.
             let Some(site) = table.site(probe) else { continue };
             let uprobe = program::<UProbe>(&mut self.ebpf, name);

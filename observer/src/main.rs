@@ -107,6 +107,11 @@ struct Common {
     /// (the proxy dropped it without ending it). Keep it above the proxy's own timeout.
     #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     request_expiry_secs: u64,
+    /// Leave `mcp_probe_request_start` unattached: requests are still counted by status
+    /// and labels, without the latency histogram and the in-flight gauges, and each costs
+    /// the proxy one uprobe hit instead of two (benchmarks/README.md has the figures).
+    #[arg(long)]
+    no_request_latency: bool,
     /// Keep a workload's series this long after its last process exited: a container
     /// restarted meanwhile continues its counters; then they are removed.
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
@@ -251,9 +256,10 @@ fn start(common: &Common, mode: &Mode) -> Result<Started, ObserveError> {
     kernel::require_capabilities(mode.kernel_only, mode.pids.is_none())?;
     let tracefs = tracefs::ensure()?;
     let layout = tracefs::layout(&tracefs)?;
-    let mut loaded = Loaded::load(ring, &layout, mode.pids.is_none())?;
+    let request_latency = !common.no_request_latency;
+    let mut loaded = Loaded::load(ring, &layout, mode.pids.is_none(), request_latency)?;
     let hooks = loaded.attach_hooks(&tracefs)?;
-    let metrics = Arc::new(Metrics::new(common.labels.config()));
+    let metrics = Arc::new(Metrics::new(common.labels.config(), request_latency));
     metrics.observer.hooks_attached.set(hooks.len() as i64);
     let state = Arc::new(AppState {
         metrics,
@@ -297,7 +303,7 @@ fn check(common: &Common, mode: &Mode) -> Result<(), ObserveError> {
     print_hooks(&hooks, &layout);
     for (pid, found) in &added {
         match &found.table {
-            Some(table) => print_probes(*pid, table, &found.attached),
+            Some(table) => print_probes(*pid, table, &found.attached, !common.no_request_latency),
             None => print_kernel_only(*pid),
         }
         let snapshot = &found.snapshot;
@@ -356,7 +362,7 @@ fn print_hooks(hooks: &[&'static tracefs::Hook], layout: &observer_common::Layou
     }
 }
 
-fn print_probes(pid: u32, table: &ProbeTable, attached: &[&str]) {
+fn print_probes(pid: u32, table: &ProbeTable, attached: &[&str], request_latency: bool) {
     println!(
         "pid {pid}: {} (probe ABI v{}, from the {})",
         table.path.display(),
@@ -369,6 +375,8 @@ fn print_probes(pid: u32, table: &ProbeTable, attached: &[&str]) {
     for site in &table.sites {
         let state = if attached.contains(&site.name.as_str()) {
             "attached"
+        } else if site.name == "request_start" && !request_latency {
+            "not attached (--no-request-latency)"
         } else {
             "not in this observer's catalogue, ignored"
         };

@@ -102,6 +102,39 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
         )
         .goal("below in-process OpenTelemetry", observed < opentelemetry),
     );
+    // The trade-off behind `--no-request-latency`: one uprobe hit per request, no latency.
+    let observer = process::observer(
+        &bench.observer,
+        &["--pid", &load.pid().to_string(), "--ring-buffer-bytes", "33554432", "--no-request-latency"],
+    )?;
+    let agent_before = process::cpu_time(observer.pid())?;
+    let untimed = load.ask("requests")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, metrics) = process::get(&observer.announced, "/metrics")?;
+    let counted = metric_sum(&metrics, "mcp_proxy_requests_total", &[]);
+    let sent = number(&untimed["requests_sent"]);
+    ensure!(
+        counted == sent,
+        "mcp-observe --no-request-latency counted {counted} requests, the load sent {sent}"
+    );
+    let agent_per_request = (process::cpu_time(observer.pid())? - agent_before).as_nanos() as f64 / counted;
+    observer.stop()?;
+    let one_hit = number(&untimed["request_ns"]) - number(&untimed["shadow_request_ns"]) + agent_per_request;
+    bench.record(
+        Figure::new(
+            "one request, observed with --no-request-latency (end uprobe only, no latency)",
+            duration(one_hit),
+        )
+        .against(
+            format!(
+                "in-process OpenTelemetry {}; with latency {}",
+                duration(opentelemetry),
+                duration(observed)
+            ),
+            one_hit / opentelemetry,
+        )
+        .goal("below in-process OpenTelemetry", one_hit < opentelemetry),
+    );
     bench.record(
         Figure::new("one request, in-process `prometheus` crate", duration(prometheus))
             .against(format!("mcp-observe {}", duration(observed)), prometheus / observed),

@@ -21,7 +21,7 @@ use observer_common::{
 
 use super::{field, layout, tree};
 use crate::{
-    event::{send_for, tgid},
+    event::{send, tgid},
     maps::count,
 };
 
@@ -75,7 +75,7 @@ fn send_socket(kind: u32, socket: &Socket, skaddr: u64, extra: u64) {
 }
 
 fn send_at(ts_ns: u64, kind: u32, socket: &Socket, skaddr: u64, extra: u64) {
-    send_for(socket.target, kind, ts_ns, skaddr, u64::from(socket.direction) | extra, |_| 0);
+    send(socket.target, kind, ts_ns, skaddr, u64::from(socket.direction) | extra, |_| 0);
 }
 
 /// The target's socket at `skaddr`, counted from now on if it was not yet: an accepted

@@ -20,7 +20,7 @@ use observer_common::{
 
 use super::{field, layout};
 use crate::{
-    event::{read_kernel_name, send_for, tgid},
+    event::{read_kernel_name, send, tgid},
     maps::count,
 };
 
@@ -43,12 +43,15 @@ pub fn current() -> Option<Tracked> {
     unsafe { TRACKED.get(tgid()) }.copied()
 }
 
-/// Whether the uprobe with attach cookie `binary` fired in a target that counts it: the
-/// target itself (uprobes are attached once per executable file, for every process that
-/// runs it), through its own executable's uprobes.
+/// The target's tgid when the uprobe with attach cookie `binary` fired in a target that
+/// counts it: the target itself (uprobes are attached once per executable file, for every
+/// process that runs it), through its own executable's uprobes.
 #[inline(always)]
-pub fn observed(binary: u64) -> bool {
-    current().is_some_and(|me| me.root == tgid() && u64::from(me.binary) == binary)
+pub fn observed(binary: u64) -> Option<u32> {
+    let pid = tgid();
+    // SAFETY: the fields are read at once.
+    let me = unsafe { TRACKED.get(pid) }?;
+    (me.root == pid && u64::from(me.binary) == binary).then_some(pid)
 }
 
 fn discovering() -> bool {
@@ -79,7 +82,7 @@ pub fn mcp_task_newtask(ctx: TracePointContext) -> u32 {
     }
     if direct {
         let comm = layout.newtask_comm;
-        send_for(parent.root, kind::CHILD_FORK, crate::now(), u64::from(pid), 0, |ev| {
+        send(parent.root, kind::CHILD_FORK, crate::now(), u64::from(pid), 0, |ev| {
             // SAFETY: `ev` is the reserved event; the comm lies inside the record.
             unsafe { read_kernel_name(ctx.as_ptr().cast::<u8>().add(comm as usize), COMM_LEN, ev) }
         });
@@ -94,7 +97,7 @@ pub fn mcp_sched_process_exec(ctx: TracePointContext) -> u32 {
     // A process of no tree may be a proxy starting; a target may have replaced its program.
     if me.is_none_or(|me| me.root == pid) {
         if discovering() {
-            send_for(pid, kind::PROCESS_EXEC, crate::now(), u64::from(pid), 0, |_| 0);
+            send(pid, kind::PROCESS_EXEC, crate::now(), u64::from(pid), 0, |_| 0);
         }
         return 0;
     }
@@ -106,7 +109,7 @@ pub fn mcp_sched_process_exec(ctx: TracePointContext) -> u32 {
     // The tail of a long path: the agent wants the file name after the last '/'.
     let cap = observer_common::SERVER_CAP;
     let skip = len.saturating_sub(cap);
-    send_for(me.root, kind::CHILD_EXEC, crate::now(), u64::from(pid), 0, |ev| {
+    send(me.root, kind::CHILD_EXEC, crate::now(), u64::from(pid), 0, |ev| {
         // SAFETY: `ev` is the reserved event; the string lies inside the record.
         unsafe { read_kernel_name(ctx.as_ptr().cast::<u8>().add(offset + skip), len - skip, ev) }
     });
@@ -146,7 +149,7 @@ pub fn mcp_sched_process_exit(ctx: TracePointContext) -> u32 {
     let Some(me) = current() else { return 0 };
     let _ = TRACKED.remove(pid);
     if me.root == pid {
-        send_for(pid, kind::TARGET_EXIT, crate::now(), u64::from(pid), 0, |_| 0);
+        send(pid, kind::TARGET_EXIT, crate::now(), u64::from(pid), 0, |_| 0);
     } else if me.child == pid {
         // Without exit_group, the process was ended by a signal.
         let status = if layout.exit_group_error_code == ABSENT {
@@ -156,7 +159,7 @@ pub fn mcp_sched_process_exit(ctx: TracePointContext) -> u32 {
         } else {
             0
         };
-        send_for(me.root, kind::CHILD_EXIT, crate::now(), u64::from(pid), status, |_| 0);
+        send(me.root, kind::CHILD_EXIT, crate::now(), u64::from(pid), status, |_| 0);
     }
     0
 }

@@ -18,10 +18,10 @@ use crate::{
     maps::count,
 };
 
-/// Whether this hit counts: see [`tree::observed`]. The agent attaches each executable's
-/// uprobes with that executable's id as their cookie.
+/// The target's tgid when this hit counts: see [`tree::observed`]. The agent attaches
+/// each executable's uprobes with that executable's id as their cookie.
 #[inline(always)]
-pub fn observed(ctx: &ProbeContext) -> bool {
+pub fn observed(ctx: &ProbeContext) -> Option<u32> {
     // SAFETY: the helper only reads the program's attach cookie.
     tree::observed(unsafe { bpf_get_attach_cookie(ctx.as_ptr()) })
 }
@@ -41,13 +41,19 @@ pub fn read_arg<T: Copy + 'static>(ctx: &ProbeContext, arg: usize) -> Option<T> 
 }
 
 /// The shape most probes share: an optional id argument, then a pointer to one string and
-/// 8 bytes of scalars; the string goes to slot `FIELD`, the scalars to `value`.
+/// 8 bytes of scalars; the string goes to slot `FIELD`, the scalars to `value`. `now`: the
+/// time (`crate::now()`) or [`observer_common::UNTIMED`].
 #[inline(always)]
-pub fn send_labelled<const FIELD: usize>(ctx: &ProbeContext, kind: u32, with_id: bool) {
+pub fn send_labelled<const FIELD: usize>(
+    ctx: &ProbeContext,
+    target: u32,
+    kind: u32,
+    now: u64,
+    with_id: bool,
+) {
     let (id, arg) = if with_id { (ctx.arg::<u64>(0).unwrap_or(0), 1) } else { (0, 0) };
     let Some(labelled) = read_arg::<abi::Labelled>(ctx, arg) else { return };
-    let now = crate::now();
-    send(kind, now, id, labelled.value, |ev| {
+    send(target, kind, now, id, labelled.value, |ev| {
         let mut flags = 0;
         // SAFETY: `ev` is the reserved event.
         unsafe { read_str::<FIELD>(&labelled.label, ev, &mut flags) };

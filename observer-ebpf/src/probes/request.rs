@@ -8,11 +8,11 @@ use aya_ebpf::{
     maps::HashMap,
     programs::ProbeContext,
 };
-use observer_common::{FLAG_NO_START, InFlightKey, abi, counter, field, kind};
+use observer_common::{FLAG_NO_START, FLAG_UNTIMED, InFlightKey, UNTIMED, abi, counter, field, kind};
 
 use super::{observed, read_arg};
 use crate::{
-    event::{read_str, send, tgid},
+    event::{read_str, send},
     maps::count,
 };
 
@@ -25,17 +25,15 @@ static IN_FLIGHT: HashMap<InFlightKey, u64> = HashMap::with_max_entries(65_536, 
 /// `bpf_map_update_elem` with `BPF_NOEXIST` on a key that is present.
 const EEXIST: i32 = -17;
 
-fn key(id: u64) -> InFlightKey {
-    InFlightKey { tgid: tgid(), pad: 0, id }
+fn key(target: u32, id: u64) -> InFlightKey {
+    InFlightKey { tgid: target, pad: 0, id }
 }
 
 #[uprobe]
 pub fn mcp_request_start(ctx: ProbeContext) -> u32 {
-    if !observed(&ctx) {
-        return 0;
-    }
+    let Some(me) = observed(&ctx) else { return 0 };
     let Some(id) = ctx.arg::<u64>(0) else { return 0 };
-    match IN_FLIGHT.insert(key(id), crate::now(), BPF_NOEXIST as u64) {
+    match IN_FLIGHT.insert(key(me, id), crate::now(), BPF_NOEXIST as u64) {
         Ok(()) => {}
         Err(EEXIST) => count(counter::DUPLICATE_START),
         Err(_) => count(counter::IN_FLIGHT_FULL),
@@ -43,37 +41,51 @@ pub fn mcp_request_start(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Set to 0 by the agent at load (`--no-request-latency`): `request_start` is then not
+/// attached and ends are sent untimed.
+#[unsafe(no_mangle)]
+static REQUEST_LATENCY: u32 = 1;
+
 #[uprobe]
 pub fn mcp_request_end(ctx: ProbeContext) -> u32 {
-    if !observed(&ctx) {
-        return 0;
-    }
+    let Some(me) = observed(&ctx) else { return 0 };
     let Some(id) = ctx.arg::<u64>(0) else { return 0 };
-    let now = crate::now();
-    let key = key(id);
-    // SAFETY: the value is copied out before the entry is removed.
-    let mut start = unsafe { IN_FLIGHT.get(key) }.copied();
-    // Only the end that removes the entry owns the start: two ends racing on one id, or
-    // an end racing the agent's expiry, must not both count it.
-    if IN_FLIGHT.remove(key).is_err() {
-        start = None;
-    }
+    // SAFETY: a plain read of a global the loader may have rewritten.
+    let (now, start) = if unsafe { core::ptr::read_volatile(&REQUEST_LATENCY) } == 0 {
+        (UNTIMED, Err(FLAG_UNTIMED))
+    } else {
+        let now = crate::now();
+        (now, take_start(me, id).ok_or(FLAG_NO_START))
+    };
     let Some(end) = read_arg::<abi::RequestEnd>(&ctx, 1) else { return 0 };
-    send(kind::REQUEST_END, now, id, u64::from(end.status), |ev| {
-        let mut flags = 0;
+    send(me, kind::REQUEST_END, now, id, u64::from(end.status), |ev| {
         // SAFETY: `ev` is the reserved event.
         unsafe {
-            match start {
-                Some(start) => (*ev).duration_ns = now.saturating_sub(start),
-                None => flags |= FLAG_NO_START,
-            }
+            let mut flags = match start {
+                Ok(start) => {
+                    (*ev).duration_ns = now.saturating_sub(start);
+                    0
+                }
+                Err(flag) => flag,
+            };
             read_str::<{ field::METHOD }>(&end.method, ev, &mut flags);
             read_str::<{ field::TRANSPORT }>(&end.transport, ev, &mut flags);
             read_str::<{ field::IDENTITY }>(&end.identity, ev, &mut flags);
             read_str::<{ field::SERVER }>(&end.server, ev, &mut flags);
             read_str::<{ field::TOOL }>(&end.tool, ev, &mut flags);
+            flags
         }
-        flags
     });
     0
+}
+
+/// The start time of request `id` of target `me`, taken out of the in-flight map. Only
+/// the end that removes the entry owns the start: two ends racing on one id, or an end
+/// racing the agent's expiry, must not both count it.
+#[inline(always)]
+fn take_start(me: u32, id: u64) -> Option<u64> {
+    let key = key(me, id);
+    // SAFETY: the value is copied out before the entry is removed.
+    let start = unsafe { IN_FLIGHT.get(key) }.copied();
+    IN_FLIGHT.remove(key).ok().and(start)
 }

@@ -8,18 +8,14 @@ use super::{observed, send_labelled};
 
 #[uprobe]
 pub fn mcp_session_open(ctx: ProbeContext) -> u32 {
-    if !observed(&ctx) {
-        return 0;
-    }
-    send_labelled::<{ field::TRANSPORT }>(&ctx, kind::SESSION_OPEN, true);
+    let Some(me) = observed(&ctx) else { return 0 };
+    send_labelled::<{ field::TRANSPORT }>(&ctx, me, kind::SESSION_OPEN, crate::now(), true);
     0
 }
 
 #[uprobe]
 pub fn mcp_session_close(ctx: ProbeContext) -> u32 {
-    if !observed(&ctx) {
-        return 0;
-    }
-    send_labelled::<{ field::TRANSPORT }>(&ctx, kind::SESSION_CLOSE, true);
+    let Some(me) = observed(&ctx) else { return 0 };
+    send_labelled::<{ field::TRANSPORT }>(&ctx, me, kind::SESSION_CLOSE, crate::now(), true);
     0
 }

@@ -50,6 +50,8 @@ pub struct Metrics {
     kernel_seen: Mutex<[u64; counter::COUNT as usize]>,
     /// Every event with an earlier kernel timestamp has been read (CLOCK_MONOTONIC, ns).
     drained_until: AtomicU64,
+    /// `request_start` is attached: requests have latency and in-flight gauges.
+    request_latency: bool,
 }
 
 /// Every `mcp_proxy_*` family of one workload (a Kubernetes container, or a process
@@ -93,9 +95,12 @@ struct Registered {
 }
 
 impl Metrics {
-    pub fn new(labels: LabelConfig) -> Self {
+    /// `request_latency`: false when `request_start` is not attached (no latency, no
+    /// in-flight gauges).
+    pub fn new(labels: LabelConfig, request_latency: bool) -> Self {
         let registry = Registry::new();
         Self {
+            request_latency,
             labels: Mutex::new(LabelPolicy::new(labels)),
             workloads: RwLock::default(),
             batch: Mutex::default(),
@@ -125,7 +130,7 @@ impl Metrics {
                     .collect(),
             );
             let workload = Workload {
-                requests: requests::Requests::new(&scope),
+                requests: requests::Requests::new(&scope, self.request_latency),
                 pool: pool::Pool::new(&scope),
                 caches: caches::Caches::new(&scope),
                 sessions: sessions::Sessions::new(&scope),
@@ -447,12 +452,19 @@ mod tests {
     use crate::labels::IdentityMode;
 
     fn metrics() -> Metrics {
-        Metrics::new(LabelConfig {
-            max_values: [10; field::COUNT],
-            tool_allowlist: None,
-            identity: IdentityMode::Keep,
-            identity_salt: String::new(),
-        })
+        metrics_with_latency(true)
+    }
+
+    fn metrics_with_latency(request_latency: bool) -> Metrics {
+        Metrics::new(
+            LabelConfig {
+                max_values: [10; field::COUNT],
+                tool_allowlist: None,
+                identity: IdentityMode::Keep,
+                identity_salt: String::new(),
+            },
+            request_latency,
+        )
     }
 
     fn pod(name: &str) -> WorkloadLabels {
@@ -513,5 +525,49 @@ mod tests {
         // Its labels can come back: registered anew, from zero.
         metrics.add_target(12, &pod("a"), false);
         assert_eq!(reaper_runs(&metrics), [("a".into(), "0".into()), ("b".into(), "1".into())]);
+    }
+
+    fn request_end(tgid: u32, flags: u32, duration_ns: u64) -> ProbeEvent {
+        // SAFETY: all-zero is a valid ProbeEvent.
+        let mut ev: ProbeEvent = unsafe { std::mem::zeroed() };
+        ev.header = EventHeader { kind: kind::REQUEST_END, tgid, ts_ns: 1 };
+        ev.flags = flags;
+        ev.duration_ns = duration_ns;
+        ev.lens[field::TOOL] = 4;
+        ev.strings[..4].copy_from_slice(b"echo");
+        ev
+    }
+
+    #[test]
+    fn without_request_latency_requests_are_counted_with_no_histogram_and_no_in_flight_gauges() {
+        let metrics = metrics_with_latency(false);
+        metrics.add_target(10, &pod("a"), false);
+        for _ in 0..3 {
+            metrics.record(&request_end(10, observer_common::FLAG_UNTIMED, 0));
+        }
+        metrics.set_in_flight(&HashMap::new());
+        let text = metrics.encode();
+        let counted: Vec<&str> =
+            text.lines().filter(|l| l.starts_with("mcp_proxy_requests_total{")).collect();
+        assert_eq!(counted.len(), 1, "{text}");
+        assert!(counted[0].contains("tool=\"echo\"") && counted[0].ends_with(" 3"), "{text}");
+        for absent in
+            ["mcp_proxy_request_duration_seconds_", "mcp_proxy_requests_in_flight", "oldest_in_flight"]
+        {
+            assert!(!text.lines().any(|l| l.starts_with(absent)), "{absent} in\n{text}");
+        }
+        assert!(
+            !text.contains("mcp_observer_unmatched_ends_total{"),
+            "untimed ends are not unmatched:\n{text}"
+        );
+
+        // The same ends with latency on: in-flight gauges, and a histogram per timed set.
+        let metrics = metrics_with_latency(true);
+        metrics.add_target(10, &pod("a"), false);
+        metrics.record(&request_end(10, 0, 2_000_000));
+        metrics.set_in_flight(&HashMap::new());
+        let text = metrics.encode();
+        assert!(text.contains("mcp_proxy_request_duration_seconds_count{"), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("mcp_proxy_requests_in_flight{")), "{text}");
     }
 }

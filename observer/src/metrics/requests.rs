@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use observer_common::{FLAG_NO_START, InFlightKey, ProbeEvent, field, kind};
+use observer_common::{FLAG_NO_START, FLAG_UNTIMED, InFlightKey, ProbeEvent, field, kind};
 use prometheus::{Gauge, IntGauge};
 
 use super::{
@@ -27,8 +27,9 @@ pub struct Requests {
     workload: Vec<(String, String)>,
     /// Every label set's count and latency, by label values in `LABELS` order.
     by_labels: Mutex<BTreeMap<[String; 6], Arc<RequestSeries>>>,
-    in_flight: IntGauge,
-    oldest_in_flight: Gauge,
+    /// Requests in flight and the oldest one's age; None without `request_start`, which
+    /// alone tells when a request began.
+    in_flight: Option<(IntGauge, Gauge)>,
     expired: Mutex<Expired>,
     /// The series of each label set seen, by the bytes the kernel sent.
     series: SeriesCache<Arc<RequestSeries>>,
@@ -57,20 +58,26 @@ impl Expired {
 }
 
 impl Requests {
-    pub fn new(scope: &Scope) -> Self {
+    /// `timed`: `request_start` is attached.
+    pub fn new(scope: &Scope, timed: bool) -> Self {
+        let in_flight = timed.then(|| {
+            (
+                int_gauge(
+                    scope,
+                    "mcp_proxy_requests_in_flight",
+                    "Requests started and not yet ended or expired",
+                ),
+                gauge(
+                    scope,
+                    "mcp_proxy_request_oldest_in_flight_seconds",
+                    "Age of the oldest request in flight (0 when none), from the kernel's start times",
+                ),
+            )
+        });
         Self {
             workload: scope.labels(),
             by_labels: Mutex::default(),
-            in_flight: int_gauge(
-                scope,
-                "mcp_proxy_requests_in_flight",
-                "Requests started and not yet ended or expired",
-            ),
-            oldest_in_flight: gauge(
-                scope,
-                "mcp_proxy_request_oldest_in_flight_seconds",
-                "Age of the oldest request in flight (0 when none), from the kernel's start times",
-            ),
+            in_flight,
             expired: Mutex::default(),
             series: SeriesCache::new(),
         }
@@ -103,7 +110,7 @@ impl Requests {
             },
             |series| {
                 series.count();
-                if ev.flags & FLAG_NO_START == 0 {
+                if ev.flags & (FLAG_NO_START | FLAG_UNTIMED) == 0 {
                     series.observe(ev.duration_ns);
                 }
             },
@@ -145,7 +152,9 @@ impl Requests {
 
     /// From the kernel's in-flight map, read after the expired requests left it.
     pub fn set_in_flight(&self, count: u64, oldest_ns: u64) {
-        self.in_flight.set(i64::try_from(count).unwrap_or(i64::MAX));
-        self.oldest_in_flight.set(oldest_ns as f64 / 1e9);
+        if let Some((in_flight, oldest)) = &self.in_flight {
+            in_flight.set(i64::try_from(count).unwrap_or(i64::MAX));
+            oldest.set(oldest_ns as f64 / 1e9);
+        }
     }
 }

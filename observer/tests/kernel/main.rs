@@ -30,6 +30,53 @@ fn request_counts_and_latencies_match_the_ground_truth() {
     assert_eq!(value(&metrics, "mcp_observer_targets", &[]), 1.0);
 }
 
+#[test]
+fn without_request_latency_every_request_is_counted_through_one_uprobe() {
+    let _serial = kernel_test();
+    let proxy = start_proxy(&testbed_bin());
+    let pid = proxy.pid().to_string();
+    let (code, stdout, stderr) = observe_once(&["--pid", &pid, "--check", "--no-request-latency"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("mcp_probe_request_start ")
+                && l.ends_with("not attached (--no-request-latency)")),
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().filter(|l| l.ends_with("  attached")).count(), PROBES as usize - 1, "{stdout}");
+
+    let observer = start_observer(&[proxy.pid()], &["--no-request-latency"]);
+    let truth = run_load(&proxy, 300, 8, 13, 0);
+    let total: u64 = truth.iter().map(|t| t.count).sum();
+    scrape_until(&observer, "every request counted", |m| {
+        value(m, "mcp_proxy_requests_total", &[]) >= total as f64
+    });
+    let metrics = settled(&observer);
+    for row in &truth {
+        assert_eq!(value(&metrics, "mcp_proxy_requests_total", &row.labels()), row.count as f64, "{row:?}");
+    }
+    assert_eq!(
+        value(&metrics, "mcp_proxy_requests_total", &[]),
+        total as f64,
+        "series beyond the ground truth"
+    );
+    // No latency and no in-flight gauges rather than figures that would be wrong.
+    let absent =
+        ["mcp_proxy_request_duration_seconds", "mcp_proxy_requests_in_flight", "mcp_proxy_request_oldest"];
+    for sample in &metrics.samples {
+        assert!(!absent.iter().any(|a| sample.metric.starts_with(a)), "{} is exported", sample.metric);
+    }
+    assert_eq!(value(&metrics, "mcp_observer_probes_attached", &[]), PROBES - 1.0);
+    for clean in [
+        "mcp_observer_events_lost_total",
+        "mcp_observer_unmatched_ends_total",
+        "mcp_observer_decode_errors_total",
+    ] {
+        assert_eq!(value(&metrics, clean, &[]), 0.0, "{clean}");
+    }
+}
+
 /// Probe functions in the testbed proxy: the whole catalogue of ABI v1.
 const PROBES: f64 = 14.0;
 /// Tracepoints the kernel hooks attach to.

@@ -6,6 +6,8 @@
 //!   request (start + end), against the same calls to identical unattached copies of the
 //!   probes ([`crate::shadow`]); and one request recorded in-process with the `prometheus`
 //!   crate and with the OpenTelemetry SDK as upstream `mcp serve` does, against nothing.
+//! - `requests`: the observed request alone against its unattached copy (run under
+//!   `mcp-observe --no-request-latency`, where only the end is attached).
 
 use std::{
     hint::black_box,
@@ -45,7 +47,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let report = match line?.trim() {
             "unattached" => unattached(args),
             "attached" => attached(args),
-            other => anyhow::bail!("unknown suite {other:?}: expected unattached or attached"),
+            "requests" => requests(args),
+            other => anyhow::bail!("unknown suite {other:?}: expected unattached, attached or requests"),
         };
         println!("{report}");
     }
@@ -67,15 +70,7 @@ fn unattached(args: &Args) -> serde_json::Value {
 }
 
 fn attached(args: &Args) -> serde_json::Value {
-    let end = RequestEnd {
-        method: ProbeStr::new(LABELS.method),
-        transport: ProbeStr::new(LABELS.transport),
-        identity: ProbeStr::new(LABELS.identity),
-        server: ProbeStr::new(LABELS.server),
-        tool: ProbeStr::new(LABELS.tool),
-        status: LABELS.status as u32,
-        reserved: 0,
-    };
+    let end = request_end_args();
     // The OpenTelemetry SDK runs its periodic reader on a tokio runtime, as in `mcp serve`.
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let _in_runtime = runtime.enter();
@@ -102,6 +97,7 @@ fn attached(args: &Args) -> serde_json::Value {
             shadow_request_start(i);
             shadow_request_end(i, &end);
         }));
+
         empty.push(per_call(args.calls, |_| {
             black_box(Instant::now());
         }));
@@ -115,12 +111,49 @@ fn attached(args: &Args) -> serde_json::Value {
         "shadow_hit_ns_p99": percentile(&mut shadow_hit, 0.99),
         "request_ns": median(&mut pair),
         "shadow_request_ns": median(&mut shadow_pair),
+
         "clock_ns": median(&mut empty),
         "prometheus_ns": median(&mut prom),
         "opentelemetry_ns": median(&mut otel),
         "hits_sent": args.calls * args.windows as u64,
         "requests_sent": next_id,
     })
+}
+
+fn requests(args: &Args) -> serde_json::Value {
+    let end = request_end_args();
+    let mut next_id = 0u64;
+    let [mut pair, mut shadow_pair] = [Vec::new(), Vec::new()];
+    for _ in 0..args.windows {
+        pair.push(per_call(args.calls, |_| {
+            next_id += 1;
+            mcp_probes::request_start(next_id);
+            mcp_probes::request_end(next_id, &LABELS);
+        }));
+        std::thread::sleep(Duration::from_millis(50));
+        shadow_pair.push(per_call(args.calls, |i| {
+            shadow_request_start(i);
+            shadow_request_end(i, &end);
+        }));
+    }
+    json!({
+        "request_ns": median(&mut pair),
+        "shadow_request_ns": median(&mut shadow_pair),
+        "requests_sent": next_id,
+    })
+}
+
+/// [`LABELS`] as `request_end`'s argument, for the unattached copies.
+fn request_end_args() -> RequestEnd {
+    RequestEnd {
+        method: ProbeStr::new(LABELS.method),
+        transport: ProbeStr::new(LABELS.transport),
+        identity: ProbeStr::new(LABELS.identity),
+        server: ProbeStr::new(LABELS.server),
+        tool: ProbeStr::new(LABELS.tool),
+        status: LABELS.status as u32,
+        reserved: 0,
+    }
 }
 
 /// Mean ns per call of `calls` calls of `f(i)`.

@@ -36,6 +36,9 @@ pub enum Mix {
     Request,
     /// classifier_cache: one event per probe hit, the cheapest event there is.
     Classifier,
+    /// classifier_cache with an empty server name: the same event without its one string
+    /// read from this process's memory.
+    ClassifierUnlabelled,
     /// What a tools/call reports: request_start, acl_decision, classifier_cache and
     /// request_end: three events.
     Call,
@@ -44,23 +47,31 @@ pub enum Mix {
 impl Mix {
     fn events(self) -> u64 {
         match self {
-            Mix::Request | Mix::Classifier => 1,
+            Mix::Request | Mix::Classifier | Mix::ClassifierUnlabelled => 1,
             Mix::Call => 3,
         }
     }
 }
 
+/// Floods once per line on stdin, printing what each window sent, until stdin ends.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.threads > 0 && args.tools > 0, "--threads and --tools must be at least 1");
     let tools: Vec<String> = (0..args.tools).map(|i| format!("tool{i:04}")).collect();
-    crate::wait_for_go()?;
+    for line in crate::windows() {
+        line?;
+        window(args, &tools);
+    }
+    Ok(())
+}
+
+fn window(args: &Args, tools: &[String]) {
     let stop = AtomicBool::new(false);
     let iterations_per_sec = args.rate as f64 / args.mix.events() as f64 / args.threads as f64;
     let start = Instant::now();
     let calls: u64 = thread::scope(|scope| {
         let workers: Vec<_> = (0..args.threads)
             .map(|thread| {
-                let (tools, stop) = (&tools, &stop);
+                let stop = &stop;
                 scope.spawn(move || flood(thread, args.mix, tools, iterations_per_sec, stop))
             })
             .collect();
@@ -74,7 +85,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "{}",
         json!({ "iterations": calls, "events": events, "seconds": seconds, "per_second": events as f64 / seconds })
     );
-    Ok(())
 }
 
 /// One thread's loop; returns its iterations. Request ids are unique per thread.
@@ -100,6 +110,7 @@ fn flood(thread: u64, mix: Mix, tools: &[String], per_sec: f64, stop: &AtomicBoo
             match mix {
                 Mix::Request => request(id, tool),
                 Mix::Classifier => mcp_probes::classifier_cache(tool, CacheOutcome::Hit),
+                Mix::ClassifierUnlabelled => mcp_probes::classifier_cache("", CacheOutcome::Hit),
                 Mix::Call => {
                     mcp_probes::request_start(id);
                     mcp_probes::acl_decision("alice", "alpha", tool, Decision::Allow);

@@ -22,8 +22,8 @@ enum Command {
     /// Per-call costs: reads one suite name per line on stdin (`unattached` or `attached`),
     /// runs it, prints its figures as one JSON line.
     Calls(calls::Args),
-    /// Calls probes at a fixed rate from several threads once a line arrives on stdin, and
-    /// prints what it sent as one JSON line.
+    /// Calls probes at a fixed rate from several threads for each line on stdin, and prints
+    /// what each window sent as one JSON line.
     Flood(flood::Args),
 }
 
@@ -41,10 +41,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Announces the pid and waits for one line on stdin: the orchestrator attaches first.
-fn wait_for_go() -> anyhow::Result<String> {
+/// Announces the pid, then yields each line of stdin: the orchestrator attaches first,
+/// then asks for one window per line.
+fn windows() -> std::io::Lines<std::io::StdinLock<'static>> {
     eprintln!("mcp-bench-load: pid {} waiting for a line on stdin", std::process::id());
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line)?;
-    Ok(line.trim().to_string())
+    std::io::stdin().lines()
 }
