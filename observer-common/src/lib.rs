@@ -12,6 +12,8 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the in-flight request map (key [`InFlightKey`], value start time in ns).
 pub const IN_FLIGHT_MAP: &str = "IN_FLIGHT";
+/// Requests the in-flight map holds (one entry when request latency is off).
+pub const IN_FLIGHT_ENTRIES: u32 = 65_536;
 /// Global set by the agent: submit with a forced wakeup once this many bytes wait.
 pub const WAKEUP_THRESHOLD_GLOBAL: &str = "WAKEUP_THRESHOLD";
 /// Global set by the agent: the tracepoint field offsets ([`Layout`]).
@@ -61,6 +63,23 @@ pub mod kind {
     pub const TARGET_EXIT: u32 = 23;
     /// One past the last kind.
     pub const END: u32 = 24;
+
+    /// Whether the agent reads the time of events of `kind` (durations and lifetimes from
+    /// paired events, the order of a process's exec and exit): the kernel reads the clock
+    /// for those only and sends [`super::UNTIMED`] for the counts and gauges.
+    /// `REQUEST_END` is timed unless request latency is off.
+    pub const fn timed(kind: u32) -> bool {
+        !matches!(
+            kind,
+            ACL_DECISION
+                | AUTH_FAILURE
+                | BACKENDS_CONFIGURED
+                | IDLE_REAPER_RUN
+                | TOOL_CACHE_SIZE
+                | CLASSIFIER_CACHE
+                | CHILD_SPAWN
+        )
+    }
 
     /// The `kind` label of each event kind, indexed by kind (0 is unused).
     pub const NAMES: [&str; END as usize] = [
@@ -124,9 +143,9 @@ pub struct EventHeader {
 }
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
 
-/// [`EventHeader::ts_ns`] of an event whose time the agent never reads (ACL decisions,
-/// auth failures, cache figures, idle-reaper runs, configured backends, child spawns):
-/// reading the clock costs about 70 ns of a probe's 0.5 µs here (bpf_stats).
+/// [`EventHeader::ts_ns`] of an event whose time the agent never reads (see
+/// [`kind::timed`]; also request ends without latency): reading the clock costs about
+/// 70 ns of a probe's 0.5 µs here (bpf_stats).
 pub const UNTIMED: u64 = 0;
 
 /// String slots of a [`ProbeEvent`], in struct order; also the bit numbers of the

@@ -7,8 +7,8 @@ use aya_ebpf::helpers::{
 };
 use core::ptr::{addr_of_mut, write_volatile};
 use observer_common::{
-    CAPS, EventHeader, FLAG_TRUNCATED_SHIFT, FLAG_UNREADABLE_SHIFT, ProbeEvent, STRINGS_CAP, abi, counter,
-    field, string_start,
+    CAPS, FLAG_TRUNCATED_SHIFT, FLAG_UNREADABLE_SHIFT, ProbeEvent, STRINGS_CAP, UNTIMED, abi, counter, field,
+    kind, string_start,
 };
 
 use crate::maps::{EVENTS, count, submit_flags};
@@ -17,14 +17,22 @@ pub fn tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-/// Reserves an event for target `target` (kernel hooks run in any process's context),
-/// fills the header, `id` and `value` and leaves every string empty; `fill` then writes
-/// strings (with [`read_str`]) and the duration and returns the flags.
+/// Sends an event of `kind` for target `target` (kernel hooks run in any process's
+/// context), stamped with the time if the agent reads it ([`kind::timed`]); see [`send_at`].
 #[inline(always)]
-pub fn send(
+pub fn send(target: u32, kind: u32, id: u64, value: u64, fill: impl FnOnce(*mut ProbeEvent) -> u32) {
+    let ts_ns = if kind::timed(kind) { crate::now() } else { UNTIMED };
+    send_at(target, kind, ts_ns, id, value, fill);
+}
+
+/// Reserves an event stamped `ts_ns`, fills the header, `id` and `value` and leaves every
+/// string empty; `fill` then writes strings (with [`read_str`]) and the duration and
+/// returns the flags.
+#[inline(always)]
+pub fn send_at(
     target: u32,
     kind: u32,
-    now: u64,
+    ts_ns: u64,
     id: u64,
     value: u64,
     fill: impl FnOnce(*mut ProbeEvent) -> u32,
@@ -39,7 +47,9 @@ pub fn send(
     // through raw pointers before submit (strings only up to their lengths). Volatile:
     // LLVM would merge the zero stores into a call to an out-of-line memset (a loop).
     unsafe {
-        write_volatile(addr_of_mut!((*ev).header), EventHeader { kind, tgid: target, ts_ns: now });
+        write_volatile(addr_of_mut!((*ev).header.kind), kind);
+        write_volatile(addr_of_mut!((*ev).header.tgid), target);
+        write_volatile(addr_of_mut!((*ev).header.ts_ns), ts_ns);
         write_volatile(addr_of_mut!((*ev).id), id);
         write_volatile(addr_of_mut!((*ev).duration_ns), 0);
         write_volatile(addr_of_mut!((*ev).value), value);

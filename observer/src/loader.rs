@@ -12,14 +12,14 @@ use aya::{
     },
 };
 use observer_common::{
-    COUNTERS_MAP, DISCOVER_GLOBAL, EVENTS_MAP, IN_FLIGHT_MAP, LAYOUT_GLOBAL, LISTENING_MAP, Layout,
-    REQUEST_LATENCY_GLOBAL, SOCKETS_MAP, TRACKED_MAP, WAKEUP_THRESHOLD_GLOBAL,
+    COUNTERS_MAP, DISCOVER_GLOBAL, EVENTS_MAP, IN_FLIGHT_ENTRIES, IN_FLIGHT_MAP, LAYOUT_GLOBAL,
+    LISTENING_MAP, Layout, REQUEST_LATENCY_GLOBAL, SOCKETS_MAP, TRACKED_MAP, WAKEUP_THRESHOLD_GLOBAL,
 };
 
 use crate::{
     error::ObserveError,
     maps::KernelMaps,
-    probes::{CATALOGUE, Executable, ProbeTable},
+    probes::{self, CATALOGUE, Executable, ProbeTable},
     tracefs::{self, HOOKS, Hook},
 };
 
@@ -72,26 +72,30 @@ pub struct ProbeLink {
 /// The loaded programs; dropping it detaches every probe.
 pub struct Loaded {
     ebpf: Ebpf,
-    request_latency: bool,
+    options: LoadOptions,
+}
+
+/// How the programs behave, fixed at load.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// The kernel reports every exec outside the targets' trees (the node-wide agent).
+    pub discover: bool,
+    /// `request_start` is attached and request ends are timed; without it, the in-flight
+    /// map shrinks to one entry.
+    pub request_latency: bool,
 }
 
 impl Loaded {
     /// Loads every program; the kernel hooks read their tracepoints' fields at `layout`.
-    /// `discover`: the kernel reports every exec outside the targets' trees.
-    /// `request_latency`: false leaves `request_start` unattached and ends untimed.
-    pub fn load(
-        ring: RingConfig,
-        layout: &Layout,
-        discover: bool,
-        request_latency: bool,
-    ) -> Result<Self, ObserveError> {
+    pub fn load(ring: RingConfig, layout: &Layout, options: LoadOptions) -> Result<Self, ObserveError> {
         let threshold = ring.wakeup_threshold();
         let mut ebpf = EbpfLoader::new()
             .override_global(WAKEUP_THRESHOLD_GLOBAL, &threshold, true)
             .override_global(LAYOUT_GLOBAL, layout, true)
-            .override_global(DISCOVER_GLOBAL, &u32::from(discover), true)
-            .override_global(REQUEST_LATENCY_GLOBAL, &u32::from(request_latency), true)
+            .override_global(DISCOVER_GLOBAL, &u32::from(options.discover), true)
+            .override_global(REQUEST_LATENCY_GLOBAL, &u32::from(options.request_latency), true)
             .map_max_entries(EVENTS_MAP, ring.bytes)
+            .map_max_entries(IN_FLIGHT_MAP, if options.request_latency { IN_FLIGHT_ENTRIES } else { 1 })
             .load(EBPF_OBJECT)
             .map_err(|e| ObserveError::Load(Box::new(e)))?;
         let failed = |e: ProgramError| ObserveError::Load(Box::new(e.into()));
@@ -101,7 +105,7 @@ impl Loaded {
         for hook in HOOKS {
             program::<TracePoint>(&mut ebpf, hook.program).load().map_err(failed)?;
         }
-        Ok(Self { ebpf, request_latency })
+        Ok(Self { ebpf, options })
     }
 
     /// Attaches every kernel hook this kernel has tracepoints for (an optional one may be
@@ -144,7 +148,7 @@ impl Loaded {
         // session that begins between two attaches must not be left open forever (an end
         // without a start is counted instead).
         for &(probe, name) in CATALOGUE.iter().rev() {
-            if probe == "request_start" && !self.request_latency {
+            if !probes::attached_when(probe, self.options.request_latency) {
                 continue;
             }
             // Probes the proxy never calls may have been discarded by its linker.

@@ -33,7 +33,7 @@ use crate::{
     error::ObserveError,
     http::AppState,
     labels::{IdentityMode, LabelConfig},
-    loader::{Loaded, RingConfig},
+    loader::{LoadOptions, Loaded, RingConfig},
     maps::monotonic_ns,
     metrics::Metrics,
     probes::{Executable, ProbeTable, Search},
@@ -107,10 +107,11 @@ struct Common {
     /// (the proxy dropped it without ending it). Keep it above the proxy's own timeout.
     #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     request_expiry_secs: u64,
-    /// Leave `mcp_probe_request_start` unattached: requests are still counted by status
-    /// and labels, without the latency histogram and the in-flight gauges, and each costs
-    /// the proxy one uprobe hit instead of two (benchmarks/README.md has the figures).
-    #[arg(long)]
+    /// Leave `mcp_probe_request_start` unattached: requests are counted by status and
+    /// labels from their ends alone, without the latency histogram and the in-flight
+    /// gauges (and a request the proxy drops without ending it is not counted at all),
+    /// and each costs the proxy one uprobe hit instead of two (benchmarks/README.md).
+    #[arg(long, conflicts_with = "request_expiry_secs")]
     no_request_latency: bool,
     /// Keep a workload's series this long after its last process exited: a container
     /// restarted meanwhile continues its counters; then they are removed.
@@ -257,7 +258,8 @@ fn start(common: &Common, mode: &Mode) -> Result<Started, ObserveError> {
     let tracefs = tracefs::ensure()?;
     let layout = tracefs::layout(&tracefs)?;
     let request_latency = !common.no_request_latency;
-    let mut loaded = Loaded::load(ring, &layout, mode.pids.is_none(), request_latency)?;
+    let options = LoadOptions { discover: mode.pids.is_none(), request_latency };
+    let mut loaded = Loaded::load(ring, &layout, options)?;
     let hooks = loaded.attach_hooks(&tracefs)?;
     let metrics = Arc::new(Metrics::new(common.labels.config(), request_latency));
     metrics.observer.hooks_attached.set(hooks.len() as i64);
@@ -375,7 +377,7 @@ fn print_probes(pid: u32, table: &ProbeTable, attached: &[&str], request_latency
     for site in &table.sites {
         let state = if attached.contains(&site.name.as_str()) {
             "attached"
-        } else if site.name == "request_start" && !request_latency {
+        } else if !probes::attached_when(&site.name, request_latency) {
             "not attached (--no-request-latency)"
         } else {
             "not in this observer's catalogue, ignored"

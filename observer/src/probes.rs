@@ -38,6 +38,11 @@ pub const CATALOGUE: &[(&str, &str)] = &[
 /// proxy that never calls another probe may lack it; its metrics then stay empty.
 pub const REQUIRED: &[&str] = &["request_start", "request_end"];
 
+/// Whether `probe` is attached: `request_start` only when request latency is measured.
+pub fn attached_when(probe: &str, request_latency: bool) -> bool {
+    request_latency || probe != "request_start"
+}
+
 /// Where the probe table came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {

@@ -2,11 +2,11 @@
 //! seven variants taken in turn, round after round: built without probe calls; with them,
 //! unobserved, in two processes of the same file (an A/A pair: how far two identical
 //! variants differ is this machine's resolution); observed by `mcp-observe --pid`, with
-//! and without request latency; and
-//! instrumented in-process with the `prometheus` crate and with the OpenTelemetry SDK. Each figure is the median over
-//! rounds of the ratio within a round, so that drift between rounds cancels out, with the
-//! interquartile range of those ratios: on a shared 2-core VM one window's throughput
-//! varies by several percent, more than some of the effects measured here.
+//! and without request latency; and instrumented in-process with the `prometheus` crate
+//! and with the OpenTelemetry SDK. Each figure is the median over rounds of the ratio
+//! within a round, so that drift between rounds cancels out, with the interquartile range
+//! of those ratios: on a shared 2-core VM one window's throughput varies by several
+//! percent, more than some of the effects measured here.
 
 use std::{path::Path, process::Command};
 
@@ -100,7 +100,7 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
             );
         bench.record(match goal {
             // Judged only when enough rounds agree more closely than the margin judged.
-            Some(goal) if windows.len() >= 5 && q3 - q1 < 1.0 - goal => {
+            Some(goal) if windows.len() >= MIN_ROUNDS && q3 - q1 < 1.0 - goal => {
                 figure.goal(format!("≥ {goal}"), ratio >= goal)
             }
             Some(goal) => figure
@@ -132,6 +132,9 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
     figure("in-process OpenTelemetry", Variant::OpenTelemetry, unobserved, None);
     Ok(())
 }
+
+/// Rounds below which no goal is judged (the quick smoke run has one).
+const MIN_ROUNDS: usize = 5;
 
 /// The variants in an order of their own for each round (a fixed sequence of shuffles),
 /// so that no variant always follows the same one.

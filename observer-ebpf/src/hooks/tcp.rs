@@ -21,7 +21,7 @@ use observer_common::{
 
 use super::{field, layout, tree};
 use crate::{
-    event::{send, tgid},
+    event::{send_at, tgid},
     maps::count,
 };
 
@@ -71,11 +71,11 @@ static LAST_CLOSE: PerCpuArray<LastClose> = PerCpuArray::with_max_entries(1, 0);
 const ERROR_AFTER_CLOSE_NS: u64 = 10_000_000;
 
 fn send_socket(kind: u32, socket: &Socket, skaddr: u64, extra: u64) {
-    send_at(crate::now(), kind, socket, skaddr, extra);
+    send_socket_at(crate::now(), kind, socket, skaddr, extra);
 }
 
-fn send_at(ts_ns: u64, kind: u32, socket: &Socket, skaddr: u64, extra: u64) {
-    send(socket.target, kind, ts_ns, skaddr, u64::from(socket.direction) | extra, |_| 0);
+fn send_socket_at(ts_ns: u64, kind: u32, socket: &Socket, skaddr: u64, extra: u64) {
+    send_at(socket.target, kind, ts_ns, skaddr, u64::from(socket.direction) | extra, |_| 0);
 }
 
 /// The target's socket at `skaddr`, counted from now on if it was not yet: an accepted
@@ -87,7 +87,7 @@ fn owned(skaddr: u64) -> Option<Socket> {
     unsafe {
         if (*socket).state == UNCONFIRMED {
             (*socket).state = OPEN;
-            send_at((*socket).established_ns, kind::TCP_OPEN, &*socket, skaddr, 0);
+            send_socket_at((*socket).established_ns, kind::TCP_OPEN, &*socket, skaddr, 0);
         }
         Some(*socket)
     }
@@ -183,7 +183,7 @@ pub fn mcp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
                     (*socket).established_ns = crate::now();
                     *socket
                 };
-                send_at(socket.established_ns, kind::TCP_OPEN, &socket, skaddr, 0);
+                send_socket_at(socket.established_ns, kind::TCP_OPEN, &socket, skaddr, 0);
             }
         }
         (TCP_SYN_RECV, TCP_ESTABLISHED) => {
@@ -199,7 +199,7 @@ pub fn mcp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
                     established_ns: crate::now(),
                 };
                 if track(skaddr, &socket) && !confirmable {
-                    send_at(socket.established_ns, kind::TCP_OPEN, &socket, skaddr, 0);
+                    send_socket_at(socket.established_ns, kind::TCP_OPEN, &socket, skaddr, 0);
                 }
             }
         }
@@ -292,7 +292,7 @@ fn claim(skaddr: u64, foreign_disowns: bool) {
             Some(me) => {
                 (*socket).target = me.root;
                 (*socket).state = OPEN;
-                send_at((*socket).established_ns, kind::TCP_OPEN, &*socket, skaddr, 0);
+                send_socket_at((*socket).established_ns, kind::TCP_OPEN, &*socket, skaddr, 0);
             }
             // Another namespace's server on the same port.
             None if foreign_disowns => {

@@ -49,7 +49,8 @@ pub fn current() -> Option<Tracked> {
 #[inline(always)]
 pub fn observed(binary: u64) -> Option<u32> {
     let pid = tgid();
-    // SAFETY: the fields are read at once.
+    // SAFETY: a map value, valid memory for the program's run; its fields are read at
+    // once (an entry deleted and reused meanwhile can only decide this one hit).
     let me = unsafe { TRACKED.get(pid) }?;
     (me.root == pid && u64::from(me.binary) == binary).then_some(pid)
 }
@@ -82,7 +83,7 @@ pub fn mcp_task_newtask(ctx: TracePointContext) -> u32 {
     }
     if direct {
         let comm = layout.newtask_comm;
-        send(parent.root, kind::CHILD_FORK, crate::now(), u64::from(pid), 0, |ev| {
+        send(parent.root, kind::CHILD_FORK, u64::from(pid), 0, |ev| {
             // SAFETY: `ev` is the reserved event; the comm lies inside the record.
             unsafe { read_kernel_name(ctx.as_ptr().cast::<u8>().add(comm as usize), COMM_LEN, ev) }
         });
@@ -97,7 +98,7 @@ pub fn mcp_sched_process_exec(ctx: TracePointContext) -> u32 {
     // A process of no tree may be a proxy starting; a target may have replaced its program.
     if me.is_none_or(|me| me.root == pid) {
         if discovering() {
-            send(pid, kind::PROCESS_EXEC, crate::now(), u64::from(pid), 0, |_| 0);
+            send(pid, kind::PROCESS_EXEC, u64::from(pid), 0, |_| 0);
         }
         return 0;
     }
@@ -109,7 +110,7 @@ pub fn mcp_sched_process_exec(ctx: TracePointContext) -> u32 {
     // The tail of a long path: the agent wants the file name after the last '/'.
     let cap = observer_common::SERVER_CAP;
     let skip = len.saturating_sub(cap);
-    send(me.root, kind::CHILD_EXEC, crate::now(), u64::from(pid), 0, |ev| {
+    send(me.root, kind::CHILD_EXEC, u64::from(pid), 0, |ev| {
         // SAFETY: `ev` is the reserved event; the string lies inside the record.
         unsafe { read_kernel_name(ctx.as_ptr().cast::<u8>().add(offset + skip), len - skip, ev) }
     });
@@ -149,7 +150,7 @@ pub fn mcp_sched_process_exit(ctx: TracePointContext) -> u32 {
     let Some(me) = current() else { return 0 };
     let _ = TRACKED.remove(pid);
     if me.root == pid {
-        send(pid, kind::TARGET_EXIT, crate::now(), u64::from(pid), 0, |_| 0);
+        send(pid, kind::TARGET_EXIT, u64::from(pid), 0, |_| 0);
     } else if me.child == pid {
         // Without exit_group, the process was ended by a signal.
         let status = if layout.exit_group_error_code == ABSENT {
@@ -159,7 +160,7 @@ pub fn mcp_sched_process_exit(ctx: TracePointContext) -> u32 {
         } else {
             0
         };
-        send(me.root, kind::CHILD_EXIT, crate::now(), u64::from(pid), status, |_| 0);
+        send(me.root, kind::CHILD_EXIT, u64::from(pid), status, |_| 0);
     }
     0
 }

@@ -1,7 +1,7 @@
 //! `mcp_probe_acl_decision` and `mcp_probe_auth_failure`.
 
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
-use observer_common::{UNTIMED, abi, field, kind};
+use observer_common::{abi, field, kind};
 
 use super::{observed, read_arg};
 use crate::event::{read_str, send};
@@ -10,7 +10,7 @@ use crate::event::{read_str, send};
 pub fn mcp_acl_decision(ctx: ProbeContext) -> u32 {
     let Some(me) = observed(&ctx) else { return 0 };
     let Some(check) = read_arg::<abi::AclCheck>(&ctx, 0) else { return 0 };
-    send(me, kind::ACL_DECISION, UNTIMED, 0, check.decision, |ev| {
+    send(me, kind::ACL_DECISION, 0, check.decision, |ev| {
         let mut flags = 0;
         // SAFETY: `ev` is the reserved event.
         unsafe {
@@ -27,6 +27,6 @@ pub fn mcp_acl_decision(ctx: ProbeContext) -> u32 {
 pub fn mcp_auth_failure(ctx: ProbeContext) -> u32 {
     let Some(me) = observed(&ctx) else { return 0 };
     let reason = ctx.arg::<u32>(0).unwrap_or(u32::MAX);
-    send(me, kind::AUTH_FAILURE, UNTIMED, 0, u64::from(reason), |_| 0);
+    send(me, kind::AUTH_FAILURE, 0, u64::from(reason), |_| 0);
     0
 }

@@ -41,19 +41,12 @@ pub fn read_arg<T: Copy + 'static>(ctx: &ProbeContext, arg: usize) -> Option<T> 
 }
 
 /// The shape most probes share: an optional id argument, then a pointer to one string and
-/// 8 bytes of scalars; the string goes to slot `FIELD`, the scalars to `value`. `now`: the
-/// time (`crate::now()`) or [`observer_common::UNTIMED`].
+/// 8 bytes of scalars; the string goes to slot `FIELD`, the scalars to `value`.
 #[inline(always)]
-pub fn send_labelled<const FIELD: usize>(
-    ctx: &ProbeContext,
-    target: u32,
-    kind: u32,
-    now: u64,
-    with_id: bool,
-) {
+pub fn send_labelled<const FIELD: usize>(ctx: &ProbeContext, target: u32, kind: u32, with_id: bool) {
     let (id, arg) = if with_id { (ctx.arg::<u64>(0).unwrap_or(0), 1) } else { (0, 0) };
     let Some(labelled) = read_arg::<abi::Labelled>(ctx, arg) else { return };
-    send(target, kind, now, id, labelled.value, |ev| {
+    send(target, kind, id, labelled.value, |ev| {
         let mut flags = 0;
         // SAFETY: `ev` is the reserved event.
         unsafe { read_str::<FIELD>(&labelled.label, ev, &mut flags) };

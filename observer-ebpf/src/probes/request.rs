@@ -8,11 +8,13 @@ use aya_ebpf::{
     maps::HashMap,
     programs::ProbeContext,
 };
-use observer_common::{FLAG_NO_START, FLAG_UNTIMED, InFlightKey, UNTIMED, abi, counter, field, kind};
+use observer_common::{
+    FLAG_NO_START, FLAG_UNTIMED, IN_FLIGHT_ENTRIES, InFlightKey, UNTIMED, abi, counter, field, kind,
+};
 
 use super::{observed, read_arg};
 use crate::{
-    event::{read_str, send},
+    event::{read_str, send_at},
     maps::count,
 };
 
@@ -20,7 +22,13 @@ use crate::{
 /// requests fills it until the agent expires them, and further starts are counted as
 /// `IN_FLIGHT_FULL`.
 #[map]
-static IN_FLIGHT: HashMap<InFlightKey, u64> = HashMap::with_max_entries(65_536, 0);
+static IN_FLIGHT: HashMap<InFlightKey, u64> = HashMap::with_max_entries(IN_FLIGHT_ENTRIES, 0);
+
+/// Set to 0 by the agent at load (`--no-request-latency`): `request_start` is then not
+/// attached and ends are sent untimed. Read-only once loaded, so the verifier prunes the
+/// branch not taken.
+#[unsafe(no_mangle)]
+static REQUEST_LATENCY: u32 = 1;
 
 /// `bpf_map_update_elem` with `BPF_NOEXIST` on a key that is present.
 const EEXIST: i32 = -17;
@@ -41,11 +49,6 @@ pub fn mcp_request_start(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Set to 0 by the agent at load (`--no-request-latency`): `request_start` is then not
-/// attached and ends are sent untimed.
-#[unsafe(no_mangle)]
-static REQUEST_LATENCY: u32 = 1;
-
 #[uprobe]
 pub fn mcp_request_end(ctx: ProbeContext) -> u32 {
     let Some(me) = observed(&ctx) else { return 0 };
@@ -58,7 +61,7 @@ pub fn mcp_request_end(ctx: ProbeContext) -> u32 {
         (now, take_start(me, id).ok_or(FLAG_NO_START))
     };
     let Some(end) = read_arg::<abi::RequestEnd>(&ctx, 1) else { return 0 };
-    send(me, kind::REQUEST_END, now, id, u64::from(end.status), |ev| {
+    send_at(me, kind::REQUEST_END, now, id, u64::from(end.status), |ev| {
         // SAFETY: `ev` is the reserved event.
         unsafe {
             let mut flags = match start {

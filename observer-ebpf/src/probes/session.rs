@@ -9,13 +9,13 @@ use super::{observed, send_labelled};
 #[uprobe]
 pub fn mcp_session_open(ctx: ProbeContext) -> u32 {
     let Some(me) = observed(&ctx) else { return 0 };
-    send_labelled::<{ field::TRANSPORT }>(&ctx, me, kind::SESSION_OPEN, crate::now(), true);
+    send_labelled::<{ field::TRANSPORT }>(&ctx, me, kind::SESSION_OPEN, true);
     0
 }
 
 #[uprobe]
 pub fn mcp_session_close(ctx: ProbeContext) -> u32 {
     let Some(me) = observed(&ctx) else { return 0 };
-    send_labelled::<{ field::TRANSPORT }>(&ctx, me, kind::SESSION_CLOSE, crate::now(), true);
+    send_labelled::<{ field::TRANSPORT }>(&ctx, me, kind::SESSION_CLOSE, true);
     0
 }

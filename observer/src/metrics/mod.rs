@@ -530,7 +530,8 @@ mod tests {
     fn request_end(tgid: u32, flags: u32, duration_ns: u64) -> ProbeEvent {
         // SAFETY: all-zero is a valid ProbeEvent.
         let mut ev: ProbeEvent = unsafe { std::mem::zeroed() };
-        ev.header = EventHeader { kind: kind::REQUEST_END, tgid, ts_ns: 1 };
+        let ts_ns = if flags & observer_common::FLAG_UNTIMED != 0 { observer_common::UNTIMED } else { 1 };
+        ev.header = EventHeader { kind: kind::REQUEST_END, tgid, ts_ns };
         ev.flags = flags;
         ev.duration_ns = duration_ns;
         ev.lens[field::TOOL] = 4;

@@ -80,10 +80,13 @@ pub fn encode<'a>(out: &mut String, series: impl Iterator<Item = &'a RequestSeri
     for s in series.clone() {
         let _ = writeln!(out, "{TOTAL}{{{}}} {}", s.labels, s.total.load(Ordering::Relaxed));
     }
-    let _ = writeln!(out, "# HELP {DURATION} {DURATION_HELP}\n# TYPE {DURATION} histogram");
-    // A label set never timed (only expired, or ended without a start seen) has a count
-    // but no latency: no histogram.
-    let timed = series.filter(|s| s.buckets.iter().any(|b| b.load(Ordering::Relaxed) > 0));
+    // A label set never timed (only expired, or ended without a start seen or with
+    // request latency off) has a count but no latency: no histogram, and no family
+    // without series.
+    let mut timed = series.filter(|s| s.buckets.iter().any(|b| b.load(Ordering::Relaxed) > 0)).peekable();
+    if timed.peek().is_some() {
+        let _ = writeln!(out, "# HELP {DURATION} {DURATION_HELP}\n# TYPE {DURATION} histogram");
+    }
     for s in timed {
         let mut cumulative = 0;
         for (bound, bucket) in BUCKETS.iter().zip(&s.buckets) {

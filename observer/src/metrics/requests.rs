@@ -58,9 +58,9 @@ impl Expired {
 }
 
 impl Requests {
-    /// `timed`: `request_start` is attached.
-    pub fn new(scope: &Scope, timed: bool) -> Self {
-        let in_flight = timed.then(|| {
+    /// `request_latency`: `request_start` is attached.
+    pub fn new(scope: &Scope, request_latency: bool) -> Self {
+        let in_flight = request_latency.then(|| {
             (
                 int_gauge(
                     scope,

@@ -30,10 +30,13 @@ fn request_counts_and_latencies_match_the_ground_truth() {
     assert_eq!(value(&metrics, "mcp_observer_targets", &[]), 1.0);
 }
 
+/// `--no-request-latency`: request_start unattached, every ended request counted exactly
+/// from its end; no latency, no in-flight gauges, and the requests the proxy drops
+/// without ending them (its 300 ms timeout) are not counted at all.
 #[test]
-fn without_request_latency_every_request_is_counted_through_one_uprobe() {
+fn without_request_latency_every_ended_request_is_counted_through_one_uprobe() {
     let _serial = kernel_test();
-    let proxy = start_proxy(&testbed_bin());
+    let proxy = start_proxy_with(&testbed_bin(), &["--request-timeout-ms", "300"]);
     let pid = proxy.pid().to_string();
     let (code, stdout, stderr) = observe_once(&["--pid", &pid, "--check", "--no-request-latency"], &[]);
     assert_eq!(code, 0, "{stderr}");
@@ -47,18 +50,22 @@ fn without_request_latency_every_request_is_counted_through_one_uprobe() {
     assert_eq!(stdout.lines().filter(|l| l.ends_with("  attached")).count(), PROBES as usize - 1, "{stdout}");
 
     let observer = start_observer(&[proxy.pid()], &["--no-request-latency"]);
-    let truth = run_load(&proxy, 300, 8, 13, 0);
-    let total: u64 = truth.iter().map(|t| t.count).sum();
-    scrape_until(&observer, "every request counted", |m| {
-        value(m, "mcp_proxy_requests_total", &[]) >= total as f64
+    // A load that ends every request, then one whose 600 ms sleeps the proxy drops.
+    let dropping = run_load(&proxy, 40, 8, 51, 600);
+    assert!(dropping.iter().any(Truth::expired), "the load dropped nothing: {dropping:?}");
+    let truth = merge(&[run_load(&proxy, 300, 8, 13, 0), dropping]);
+    let ended: u64 = truth.iter().filter(|t| !t.expired()).map(|t| t.count).sum();
+    scrape_until(&observer, "every ended request counted", |m| {
+        value(m, "mcp_proxy_requests_total", &[]) >= ended as f64
     });
     let metrics = settled(&observer);
     for row in &truth {
-        assert_eq!(value(&metrics, "mcp_proxy_requests_total", &row.labels()), row.count as f64, "{row:?}");
+        let counted = if row.expired() { 0 } else { row.count };
+        assert_eq!(value(&metrics, "mcp_proxy_requests_total", &row.labels()), counted as f64, "{row:?}");
     }
     assert_eq!(
         value(&metrics, "mcp_proxy_requests_total", &[]),
-        total as f64,
+        ended as f64,
         "series beyond the ground truth"
     );
     // No latency and no in-flight gauges rather than figures that would be wrong.
@@ -75,6 +82,10 @@ fn without_request_latency_every_request_is_counted_through_one_uprobe() {
     ] {
         assert_eq!(value(&metrics, clean, &[]), 0.0, "{clean}");
     }
+    let (code, _, stderr) =
+        observe_once(&["--pid", &pid, "--no-request-latency", "--request-expiry-secs", "5"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--request-expiry-secs"), "{stderr}");
 }
 
 /// Probe functions in the testbed proxy: the whole catalogue of ABI v1.

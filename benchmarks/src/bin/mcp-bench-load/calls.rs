@@ -31,6 +31,10 @@ pub struct Args {
     calls: u64,
 }
 
+/// The agent drains an observed window's events on the other CPU: the windows after it
+/// start once it is done, not while it competes with them.
+const DRAIN: Duration = Duration::from_millis(50);
+
 /// The labels of a typical tools/call, as `mcp serve` reports it.
 const LABELS: RequestLabels<'static> = RequestLabels {
     method: "tools/call",
@@ -80,24 +84,13 @@ fn attached(args: &Args) -> serde_json::Value {
     let [mut hit, mut shadow_hit] = [Vec::new(), Vec::new()];
     let [mut pair, mut shadow_pair, mut empty, mut prom, mut otel] =
         [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
-    // The agent drains an observed window's events on the other CPU: the windows after
-    // it start once it is done, not while it competes with them.
-    let drained = || std::thread::sleep(Duration::from_millis(50));
     for _ in 0..args.windows {
         hit.extend(each_call(args.calls, mcp_probes::idle_reaper_run));
-        drained();
+        std::thread::sleep(DRAIN);
         shadow_hit.extend(each_call(args.calls, || shadow_idle_reaper_run()));
-        pair.push(per_call(args.calls, |_| {
-            next_id += 1;
-            mcp_probes::request_start(next_id);
-            mcp_probes::request_end(next_id, &LABELS);
-        }));
-        drained();
-        shadow_pair.push(per_call(args.calls, |i| {
-            shadow_request_start(i);
-            shadow_request_end(i, &end);
-        }));
-
+        let (observed, unattached) = request_window(args.calls, &mut next_id, &end);
+        pair.push(observed);
+        shadow_pair.push(unattached);
         empty.push(per_call(args.calls, |_| {
             black_box(Instant::now());
         }));
@@ -111,7 +104,6 @@ fn attached(args: &Args) -> serde_json::Value {
         "shadow_hit_ns_p99": percentile(&mut shadow_hit, 0.99),
         "request_ns": median(&mut pair),
         "shadow_request_ns": median(&mut shadow_pair),
-
         "clock_ns": median(&mut empty),
         "prometheus_ns": median(&mut prom),
         "opentelemetry_ns": median(&mut otel),
@@ -125,22 +117,31 @@ fn requests(args: &Args) -> serde_json::Value {
     let mut next_id = 0u64;
     let [mut pair, mut shadow_pair] = [Vec::new(), Vec::new()];
     for _ in 0..args.windows {
-        pair.push(per_call(args.calls, |_| {
-            next_id += 1;
-            mcp_probes::request_start(next_id);
-            mcp_probes::request_end(next_id, &LABELS);
-        }));
-        std::thread::sleep(Duration::from_millis(50));
-        shadow_pair.push(per_call(args.calls, |i| {
-            shadow_request_start(i);
-            shadow_request_end(i, &end);
-        }));
+        let (observed, unattached) = request_window(args.calls, &mut next_id, &end);
+        pair.push(observed);
+        shadow_pair.push(unattached);
     }
     json!({
         "request_ns": median(&mut pair),
         "shadow_request_ns": median(&mut shadow_pair),
         "requests_sent": next_id,
     })
+}
+
+/// One window of requests (start + end, ids from `next_id` on), then as many calls to the
+/// unattached copies once the agent has drained the first: ns per request of each.
+fn request_window(calls: u64, next_id: &mut u64, end: &RequestEnd) -> (f64, f64) {
+    let observed = per_call(calls, |_| {
+        *next_id += 1;
+        mcp_probes::request_start(*next_id);
+        mcp_probes::request_end(*next_id, &LABELS);
+    });
+    std::thread::sleep(DRAIN);
+    let unattached = per_call(calls, |i| {
+        shadow_request_start(i);
+        shadow_request_end(i, end);
+    });
+    (observed, unattached)
 }
 
 /// [`LABELS`] as `request_end`'s argument, for the unattached copies.
