@@ -1,9 +1,9 @@
 //! The testbed proxy at saturation (a closed-loop client keeping 8 requests in flight), in
-//! seven variants taken in turn, round after round: built without probe calls; with them,
-//! unobserved, in two processes of the same file (an A/A pair: how far two identical
-//! variants differ is this machine's resolution); observed by `mcp-observe --pid`, with
-//! and without request latency; and instrumented in-process with the `prometheus` crate
-//! and with the OpenTelemetry SDK. Each figure is the median over rounds of the ratio
+//! seven variants, one process each, taken in turn round after round: built without probe
+//! calls; with them, unobserved, twice (an A/A pair: how far two identical variants
+//! differ is this machine's resolution); observed by `mcp-observe --pid`, with and without
+//! request latency; and instrumented in-process with the `prometheus` crate and with the
+//! OpenTelemetry SDK. Each figure is the median over rounds of the ratio
 //! within a round, so that drift between rounds cancels out, with the interquartile range
 //! of those ratios: on a shared 2-core VM one window's throughput varies by several
 //! percent, more than some of the effects measured here.
@@ -48,22 +48,21 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
             " serving http://",
         )
     };
-    let without = proxy(&bench.testbed_without_probes, &[])?;
-    let with = proxy(&bench.testbed, &[])?;
-    let again = proxy(&bench.testbed, &[])?;
-    let prometheus = proxy(&bench.testbed, &["--in-process-metrics", "prometheus"])?;
-    let opentelemetry = proxy(&bench.testbed, &["--in-process-metrics", "opentelemetry"])?;
-    let of = |variant| match variant {
-        Variant::WithoutProbes => &without,
-        Variant::Unobserved | Variant::Observed | Variant::ObservedWithoutLatency => &with,
-        Variant::UnobservedAgain => &again,
-        Variant::Prometheus => &prometheus,
-        Variant::OpenTelemetry => &opentelemetry,
-    };
+    // A process of its own for every variant, each taking one window per round: a process
+    // that served more windows than another ran faster in its later ones (the A/A pair
+    // showed it when two variants shared one).
+    let proxies = VARIANTS
+        .map(|variant| match variant {
+            Variant::WithoutProbes => proxy(&bench.testbed_without_probes, &[]),
+            Variant::Prometheus => proxy(&bench.testbed, &["--in-process-metrics", "prometheus"]),
+            Variant::OpenTelemetry => proxy(&bench.testbed, &["--in-process-metrics", "opentelemetry"]),
+            _ => proxy(&bench.testbed, &[]),
+        })
+        .into_iter()
+        .collect::<anyhow::Result<Vec<Running>>>()?;
+    let of = |variant: Variant| &proxies[variant as usize];
     // Backends started and code paths warm before anything counts.
-    for variant in
-        VARIANTS.into_iter().filter(|v| !matches!(v, Variant::Observed | Variant::ObservedWithoutLatency))
-    {
+    for variant in VARIANTS {
         saturate(&bench.testbed, of(variant), "1")?;
     }
     // Requests per second, by round and variant.
@@ -110,7 +109,7 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
     };
     let unobserved = ("unobserved", Variant::Unobserved);
     figure(
-        "the same unobserved proxy in a second process (A/A: what this machine can resolve)",
+        "unobserved, a second identical process (A/A: what this machine can resolve)",
         Variant::UnobservedAgain,
         unobserved,
         None,
