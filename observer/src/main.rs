@@ -121,6 +121,13 @@ struct Common {
     labels: LabelArgs,
 }
 
+impl Common {
+    /// `request_start` is attached and requests are timed.
+    fn request_latency(&self) -> bool {
+        !self.no_request_latency
+    }
+}
+
 /// Cardinality: distinct values kept per label (the rest fold into `__other__`, counted in
 /// mcp_observer_label_overflow_total), the tool allowlist and what to do with identities.
 #[derive(Debug, clap::Args)]
@@ -257,7 +264,7 @@ fn start(common: &Common, mode: &Mode) -> Result<Started, ObserveError> {
     kernel::require_capabilities(mode.kernel_only, mode.pids.is_none())?;
     let tracefs = tracefs::ensure()?;
     let layout = tracefs::layout(&tracefs)?;
-    let request_latency = !common.no_request_latency;
+    let request_latency = common.request_latency();
     let options = LoadOptions { discover: mode.pids.is_none(), request_latency };
     let mut loaded = Loaded::load(ring, &layout, options)?;
     let hooks = loaded.attach_hooks(&tracefs)?;
@@ -305,7 +312,7 @@ fn check(common: &Common, mode: &Mode) -> Result<(), ObserveError> {
     print_hooks(&hooks, &layout);
     for (pid, found) in &added {
         match &found.table {
-            Some(table) => print_probes(*pid, table, &found.attached, !common.no_request_latency),
+            Some(table) => print_probes(*pid, table, &found.attached, common.request_latency()),
             None => print_kernel_only(*pid),
         }
         let snapshot = &found.snapshot;

@@ -24,12 +24,7 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
             .goal("≤ 2 ns", call - empty <= 2.0),
     );
 
-    // Calls back to back outrun any drain timer: a ring that holds a whole window.
-    let observer = process::observer(
-        &bench.observer,
-        &["--pid", &load.pid().to_string(), "--ring-buffer-bytes", "33554432"],
-    )?;
-    let agent_before = process::cpu_time(observer.pid())?;
+    let watching = Watching::attach(bench, &load, &[])?;
     let attached = load.ask("attached")?;
     // Another process running the same file: the uprobes fire there too (they are placed
     // in the file), and the programs return after finding it is not a target.
@@ -39,14 +34,12 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
     )?;
     let bystanding = bystander.ask("attached")?;
     bystander.stop()?;
-    // Every event drained (the agent drains every 5 ms), then ground truth against the count.
-    std::thread::sleep(Duration::from_millis(300));
-    let (_, metrics) = process::get(&observer.announced, "/metrics")?;
+    // Ground truth against the count.
+    let (metrics, agent_ns) = watching.drained()?;
     let requests = metric_sum(&metrics, "mcp_proxy_requests_total", &[]);
     let runs = metric_sum(&metrics, "mcp_proxy_idle_reaper_runs_total", &[]);
     // What the agent spent on each event (a hit or a request), on the other CPU.
-    let agent_per_event =
-        (process::cpu_time(observer.pid())? - agent_before).as_nanos() as f64 / (requests + runs);
+    let agent_per_event = agent_ns / (requests + runs);
     let lost = metric_sum(&metrics, "mcp_observer_events_lost_total", &[]);
     ensure!(
         requests == number(&attached["requests_sent"]) && runs == number(&attached["hits_sent"]),
@@ -54,7 +47,6 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
         attached["requests_sent"],
         attached["hits_sent"]
     );
-    observer.stop()?;
 
     let [hit, shadow_hit, hit99, shadow_hit99] =
         ["hit_ns_p50", "shadow_hit_ns_p50", "hit_ns_p99", "shadow_hit_ns_p99"].map(|k| number(&attached[k]));
@@ -103,22 +95,16 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
         .goal("below in-process OpenTelemetry", observed < opentelemetry),
     );
     // The trade-off behind `--no-request-latency`: one uprobe hit per request, no latency.
-    let observer = process::observer(
-        &bench.observer,
-        &["--pid", &load.pid().to_string(), "--ring-buffer-bytes", "33554432", "--no-request-latency"],
-    )?;
-    let agent_before = process::cpu_time(observer.pid())?;
+    let watching = Watching::attach(bench, &load, &["--no-request-latency"])?;
     let untimed = load.ask("requests")?;
-    std::thread::sleep(Duration::from_millis(300));
-    let (_, metrics) = process::get(&observer.announced, "/metrics")?;
+    let (metrics, agent_ns) = watching.drained()?;
     let counted = metric_sum(&metrics, "mcp_proxy_requests_total", &[]);
     let sent = number(&untimed["requests_sent"]);
     ensure!(
         counted == sent,
         "mcp-observe --no-request-latency counted {counted} requests, the load sent {sent}"
     );
-    let agent_per_request = (process::cpu_time(observer.pid())? - agent_before).as_nanos() as f64 / counted;
-    observer.stop()?;
+    let agent_per_request = agent_ns / counted;
     let one_hit = number(&untimed["request_ns"]) - number(&untimed["shadow_request_ns"]) + agent_per_request;
     bench.record(
         Figure::new(
@@ -144,4 +130,31 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
             .against(format!("mcp-observe {}", duration(observed)), opentelemetry / observed),
     );
     Ok(())
+}
+
+/// `mcp-observe --pid` attached to the load, and its CPU time when it was ready.
+struct Watching {
+    observer: Running,
+    cpu_at_start: Duration,
+}
+
+impl Watching {
+    fn attach(bench: &Bench, load: &Running, extra: &[&str]) -> anyhow::Result<Self> {
+        let pid = load.pid().to_string();
+        // Calls back to back outrun any drain timer: a ring that holds a whole window.
+        let args = [&["--pid", pid.as_str(), "--ring-buffer-bytes", "33554432"], extra].concat();
+        let observer = process::observer(&bench.observer, &args)?;
+        let cpu_at_start = process::cpu_time(observer.pid())?;
+        Ok(Self { observer, cpu_at_start })
+    }
+
+    /// Once every event is drained (the agent drains every 5 ms): its /metrics, and the CPU
+    /// time it spent since it was ready, in ns. Stops it.
+    fn drained(self) -> anyhow::Result<(String, f64)> {
+        std::thread::sleep(Duration::from_millis(300));
+        let (_, metrics) = process::get(&self.observer.announced, "/metrics")?;
+        let spent = process::cpu_time(self.observer.pid())? - self.cpu_at_start;
+        self.observer.stop()?;
+        Ok((metrics, spent.as_nanos() as f64))
+    }
 }

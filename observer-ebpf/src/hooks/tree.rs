@@ -36,11 +36,17 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 /// `comm` is a 16-byte array in every tracepoint that has it.
 const COMM_LEN: usize = 16;
 
+/// The tree entry of process `pid`, if it belongs to a target.
+#[inline(always)]
+fn tracked(pid: u32) -> Option<Tracked> {
+    // SAFETY: a copy of the value is taken at once.
+    unsafe { TRACKED.get(pid) }.copied()
+}
+
 /// The tree entry of the current process, if it belongs to a target.
 #[inline(always)]
 pub fn current() -> Option<Tracked> {
-    // SAFETY: a copy of the value is taken at once.
-    unsafe { TRACKED.get(tgid()) }.copied()
+    tracked(tgid())
 }
 
 /// The target's tgid when the uprobe with attach cookie `binary` fired in a target that
@@ -48,11 +54,9 @@ pub fn current() -> Option<Tracked> {
 /// process that runs it), through its own executable's uprobes.
 #[inline(always)]
 pub fn observed(binary: u64) -> Option<u32> {
+    // The pid read once: the caller keys its event and its maps with it.
     let pid = tgid();
-    // SAFETY: a map value, valid memory for the program's run; its fields are read at
-    // once (an entry deleted and reused meanwhile can only decide this one hit).
-    let me = unsafe { TRACKED.get(pid) }?;
-    (me.root == pid && u64::from(me.binary) == binary).then_some(pid)
+    tracked(pid).filter(|me| me.root == pid && u64::from(me.binary) == binary).map(|_| pid)
 }
 
 fn discovering() -> bool {
