@@ -84,6 +84,9 @@ pub enum ObserveError {
     #[error("eBPF map {name} is missing or of the wrong type: {source}")]
     Map { name: &'static str, source: Box<aya::maps::MapError> },
 
+    #[error("cannot map the events ring buffer into memory: {0}; try a smaller --ring-buffer-bytes")]
+    MapRing(io::Error),
+
     #[error("cannot listen on {addr}: {source}; pick a free address with --listen")]
     Listen { addr: SocketAddr, source: io::Error },
 

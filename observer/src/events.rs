@@ -12,11 +12,10 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{MapData, RingBuf};
 use observer_common::{CAPS, EventHeader, ProbeEvent, kind};
 use tokio::io::unix::AsyncFd;
 
-use crate::{metrics::Metrics, targets::Lifecycle};
+use crate::{metrics::Metrics, ring::Ring, targets::Lifecycle};
 
 /// Label values of the ABI's enumerations, indexed by their numeric values.
 pub mod names {
@@ -94,7 +93,7 @@ pub fn string(event: &ProbeEvent, slot: usize) -> &[u8] {
 /// Drains `ring` (of `ring_bytes`) into `metrics` forever: on a timer paced by [`Pace`],
 /// and whenever the kernel wakes us. Process execs and target exits also go to `lifecycle`.
 pub async fn drain_forever(
-    ring: RingBuf<MapData>,
+    ring: Ring,
     ring_bytes: u32,
     metrics: Arc<Metrics>,
     lifecycle: SyncSender<Option<Lifecycle>>,
@@ -149,31 +148,27 @@ impl Pace {
 }
 
 /// Records every event waiting in `ring`; returns the bytes read.
-fn drain(ring: &mut RingBuf<MapData>, metrics: &Metrics, lifecycle: &SyncSender<Option<Lifecycle>>) -> usize {
+fn drain(ring: &mut Ring, metrics: &Metrics, lifecycle: &SyncSender<Option<Lifecycle>>) -> usize {
     let start = crate::maps::monotonic_ns();
     let _batch = metrics.batch();
-    let mut read = 0;
-    while let Some(item) = ring.next() {
-        read += item.len();
-        match decode(&item) {
-            Ok(event) => {
-                metrics.record(event);
-                let (pid, ns) = (event.header.tgid, event.header.ts_ns);
-                let told = match event.header.kind {
-                    kind::PROCESS_EXEC => Some(Lifecycle::Exec { pid, ns }),
-                    kind::TARGET_EXIT => Some(Lifecycle::Exit { pid, ns }),
-                    _ => None,
-                };
-                // Full: the targets' periodic checks of /proc catch up.
-                if let Some(told) = told
-                    && let Err(TrySendError::Full(_)) = lifecycle.try_send(Some(told))
-                {
-                    log::warn!("lifecycle queue full: {told:?} left to the next scan of /proc");
-                }
+    let read = ring.drain(|record| match decode(record) {
+        Ok(event) => {
+            metrics.record(event);
+            let (pid, ns) = (event.header.tgid, event.header.ts_ns);
+            let told = match event.header.kind {
+                kind::PROCESS_EXEC => Some(Lifecycle::Exec { pid, ns }),
+                kind::TARGET_EXIT => Some(Lifecycle::Exit { pid, ns }),
+                _ => None,
+            };
+            // Full: the targets' periodic checks of /proc catch up.
+            if let Some(told) = told
+                && let Err(TrySendError::Full(_)) = lifecycle.try_send(Some(told))
+            {
+                log::warn!("lifecycle queue full: {told:?} left to the next scan of /proc");
             }
-            Err(error) => metrics.decode_error(&error),
         }
-    }
+        Err(error) => metrics.decode_error(&error),
+    });
     metrics.drained(start);
     read
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, Map, MapData, PerCpuArray},
     programs::{
         Program, ProgramError, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
@@ -20,6 +20,7 @@ use crate::{
     error::ObserveError,
     maps::KernelMaps,
     probes::{self, CATALOGUE, Executable, ProbeTable},
+    ring::Ring,
     tracefs::{self, HOOKS, Hook},
 };
 
@@ -172,9 +173,10 @@ impl Loaded {
         Ok(links)
     }
 
-    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, ObserveError> {
+    pub fn take_ring(&mut self, bytes: u32) -> Result<Ring, ObserveError> {
         let map = self.ebpf.take_map(EVENTS_MAP).expect("eBPF object has the ring buffer");
-        RingBuf::try_from(map).map_err(|e| ObserveError::Map { name: EVENTS_MAP, source: Box::new(e) })
+        let Map::RingBuf(map) = map else { unreachable!("{EVENTS_MAP} is a ring buffer") };
+        Ring::new(map, bytes).map_err(ObserveError::MapRing)
     }
 
     /// The maps read at scrape time. `request_expiry`: see [`KernelMaps`].

@@ -11,6 +11,7 @@ mod loader;
 mod maps;
 mod metrics;
 mod probes;
+mod ring;
 mod spans;
 mod targets;
 mod tracefs;
@@ -25,7 +26,6 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{MapData, RingBuf};
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -230,7 +230,7 @@ fn unique_pids(pids: &[u32]) -> Vec<u32> {
 struct Started {
     targets: Targets,
     state: Arc<AppState>,
-    ring: RingBuf<MapData>,
+    ring: ring::Ring,
     hooks: Vec<&'static tracefs::Hook>,
     layout: observer_common::Layout,
     /// Each `--pid` and what adding it found (empty in the node-wide mode).
@@ -275,7 +275,7 @@ fn start(common: &Common, mode: &Mode) -> Result<Started, ObserveError> {
         kernel: Mutex::new(loaded.take_maps(Duration::from_secs(common.request_expiry_secs))?),
         ready: false.into(),
     });
-    let ring = loaded.take_ring()?;
+    let ring = loaded.take_ring(common.ring_buffer_bytes)?;
     let retention = Duration::from_secs(common.retention_secs);
     let mut targets = Targets::new(loaded, state.clone(), mode.sources.clone(), retention, mode.pids.clone());
     let mut added = Vec::new();
