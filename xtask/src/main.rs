@@ -98,6 +98,9 @@ fn test() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    eprintln!("xtask: checking and unit-testing the Prometheus rules in monitoring/");
+    exec(Command::new("promtool").args(["check", "rules", "monitoring/rules.yml"]))?;
+    exec(Command::new("promtool").args(["test", "rules", "monitoring/rules.test.yml"]))?;
     eprintln!("xtask: validating the Kubernetes manifests in k8s/");
     manifests::validate()?;
     cargo(&["check", "--package", "mcp-probes", "--target", "aarch64-unknown-linux-gnu"])?;

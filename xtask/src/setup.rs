@@ -9,8 +9,9 @@ use crate::{exec, manifests::PYTHON_PACKAGES};
 
 /// The LLVM that bpf-linker links against, bpftool, capsh and strip for the tests, and
 /// for the kernel-hook tests: network namespaces, nftables, sysctl and pkill, setpriv and
-/// unshare, and the system Python that plays a proxy without probes.
-const APT_PACKAGES: [&str; 10] = [
+/// unshare, the system Python that plays a proxy without probes, and Prometheus (with
+/// promtool) for the rules' unit tests and the PromQL test.
+const APT_PACKAGES: [&str; 11] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "bpftool",
@@ -21,6 +22,7 @@ const APT_PACKAGES: [&str; 10] = [
     "procps",
     "util-linux",
     "python3",
+    "prometheus",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 

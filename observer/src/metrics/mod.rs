@@ -527,6 +527,48 @@ mod tests {
         assert_eq!(reaper_runs(&metrics), [("a".into(), "0".into()), ("b".into(), "1".into())]);
     }
 
+    #[test]
+    fn a_backends_first_connect_creates_its_connect_and_disconnect_series_at_zero() {
+        let metrics = metrics();
+        metrics.add_target(10, &pod("a"), false);
+        // SAFETY: all-zero is a valid ProbeEvent.
+        let mut ev: ProbeEvent = unsafe { std::mem::zeroed() };
+        ev.header = EventHeader { kind: kind::BACKEND_CONNECT_END, tgid: 10, ts_ns: 1 };
+        ev.value = 1; // a lazy connect, result ok
+        ev.lens[field::SERVER] = 5;
+        ev.strings[..5].copy_from_slice(b"alpha");
+        metrics.record(&ev);
+        let text = metrics.encode();
+        let series = |name: &str| -> Vec<String> {
+            let mut found: Vec<String> = text
+                .lines()
+                .filter(|l| l.starts_with(name) && l.contains("server=\"alpha\""))
+                .map(|l| {
+                    let labels = l.split('{').nth(1).unwrap();
+                    let wanted =
+                        |pair: &&str| ["kind", "result", "reason"].iter().any(|k| pair.starts_with(k));
+                    let picked: Vec<&str> = labels.split(',').filter(wanted).collect();
+                    format!("{} {}", picked.join(",").trim_end_matches('}'), l.rsplit(' ').next().unwrap())
+                })
+                .collect();
+            found.sort();
+            found
+        };
+        assert_eq!(
+            series("mcp_proxy_backend_connects_total{"),
+            [
+                "kind=\"initial\",result=\"error\" 0",
+                "kind=\"initial\",result=\"ok\" 0",
+                "kind=\"lazy\",result=\"error\" 0",
+                "kind=\"lazy\",result=\"ok\" 1",
+            ]
+        );
+        assert_eq!(
+            series("mcp_proxy_backend_disconnects_total{"),
+            ["reason=\"error\" 0", "reason=\"idle_reaped\" 0", "reason=\"shutdown\" 0"]
+        );
+    }
+
     fn request_end(tgid: u32, flags: u32, duration_ns: u64) -> ProbeEvent {
         // SAFETY: all-zero is a valid ProbeEvent.
         let mut ev: ProbeEvent = unsafe { std::mem::zeroed() };

@@ -106,11 +106,26 @@ impl Pool {
             Some(((), seconds)) => self.connect_duration.with_label_values(&[&server]).observe(seconds),
             None => observer.unmatched(kind::BACKEND_CONNECT_END),
         }
+        self.zero_series(&server);
         self.connects.with_label_values(&[server.as_str(), connect_kind, result]).inc();
         if result == "ok" {
             self.connections.open(ev, &server);
         }
         Ok(())
+    }
+
+    /// Creates a backend's connect and disconnect series at 0 when it first connects: a
+    /// series born at 1 shows no increase to Prometheus, so `rate()` and `increase()` would
+    /// miss the backend's first failure or idle reaping (and the alerts built on them).
+    fn zero_series(&self, server: &str) {
+        for connect_kind in names::CONNECT_KIND {
+            for result in names::CONNECT_RESULT {
+                self.connects.with_label_values(&[server, connect_kind, result]);
+            }
+        }
+        for reason in names::DISCONNECT_REASON {
+            self.disconnects.with_label_values(&[server, reason]);
+        }
     }
 
     pub fn disconnect(

@@ -5,7 +5,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    process::{Child, ChildStdout, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -220,63 +220,6 @@ print('done', flush=True)"
     assert_eq!(opened(&metrics, &first_pid), 3.0);
 }
 
-/// A network namespace of the test's own, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(purpose: &str) -> Netns {
-        let name = format!("mcp-observe-{purpose}-{}", std::process::id());
-        let status = Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns add");
-        assert!(status.success(), "ip netns add {name}");
-        let netns = Netns { name };
-        netns.run(&["ip", "link", "set", "lo", "up"]);
-        netns
-    }
-
-    /// `program` run inside the namespace.
-    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name]).arg(program);
-        command
-    }
-
-    fn run(&self, argv: &[&str]) {
-        let output = self.command(argv[0]).args(&argv[1..]).output().expect("run in the namespace");
-        assert!(output.status.success(), "{argv:?}: {}", String::from_utf8_lossy(&output.stderr));
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
-/// A child of the test that printed a first line on stdout; killed on drop.
-struct Client {
-    child: Child,
-    _stdout: Option<BufReader<ChildStdout>>,
-}
-
-impl Client {
-    fn spawn(mut command: Command) -> (Client, String) {
-        let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().expect("spawn client");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        (Client { child, _stdout: Some(stdout) }, line.trim().to_string())
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn keepalive_and_retransmission_timeouts_when_the_peer_goes_silent() {
     let _serial = kernel_test();
@@ -306,22 +249,12 @@ fn keepalive_and_retransmission_timeouts_when_the_peer_goes_silent() {
     let mut waiting = netns.command(testbed_bin());
     let url = format!("http://{}/mcp", plain.addr);
     waiting.args(["call", "--url", &url, "--tool", "alpha__sleep", "--args", r#"{"ms":4000}"#]);
-    let _waiting = Client { child: waiting.stdout(Stdio::null()).spawn().unwrap(), _stdout: None };
+    let _waiting = Client::quiet(waiting);
     scrape_until(&observer, "both connections and the call", |m| {
         value(m, TCP_ACTIVE, &[INBOUND]) == 2.0 && value(m, "mcp_proxy_requests_in_flight", &[]) == 1.0
     });
 
-    // From now on the namespace drops every packet it receives.
-    netns.run(&["nft", "add", "table", "inet", "blackhole"]);
-    netns.run(&[
-        "nft",
-        "add",
-        "chain",
-        "inet",
-        "blackhole",
-        "input",
-        "{ type filter hook input priority 0; policy drop; }",
-    ]);
+    netns.black_hole();
 
     let keepalive = [INBOUND, ("kind", "keepalive")];
     let retransmission = [INBOUND, ("kind", "retransmission")];

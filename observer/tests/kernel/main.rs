@@ -5,6 +5,7 @@
 mod agent;
 mod catalogue;
 mod hooks;
+mod prometheus;
 mod support;
 
 use std::{

@@ -5,7 +5,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdout, Command, Stdio},
     sync::{Arc, Mutex, MutexGuard, mpsc},
     time::{Duration, Instant},
 };
@@ -439,4 +439,73 @@ pub fn observe_once(args: &[&str], wrapper: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// A network namespace of the test's own, deleted on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub fn new(purpose: &str) -> Netns {
+        let name = format!("mcp-observe-{purpose}-{}", std::process::id());
+        let status = Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns add");
+        assert!(status.success(), "ip netns add {name}");
+        let netns = Netns { name };
+        netns.run(&["ip", "link", "set", "lo", "up"]);
+        netns
+    }
+
+    /// `program` run inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+
+    pub fn run(&self, argv: &[&str]) {
+        let output = self.command(argv[0]).args(&argv[1..]).output().expect("run in the namespace");
+        assert!(output.status.success(), "{argv:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// From now on the namespace drops every packet it receives (nftables).
+    pub fn black_hole(&self) {
+        self.run(&["nft", "add", "table", "inet", "blackhole"]);
+        let chain = "{ type filter hook input priority 0; policy drop; }";
+        self.run(&["nft", "add", "chain", "inet", "blackhole", "input", chain]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A child of the test that printed a first line on stdout; killed on drop.
+pub struct Client {
+    child: Child,
+    _stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl Client {
+    /// `command`, its output discarded.
+    pub fn quiet(mut command: Command) -> Client {
+        Client { child: command.stdout(Stdio::null()).spawn().expect("spawn client"), _stdout: None }
+    }
+
+    pub fn spawn(mut command: Command) -> (Client, String) {
+        let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().expect("spawn client");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        (Client { child, _stdout: Some(stdout) }, line.trim().to_string())
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
