@@ -97,6 +97,14 @@ pub enum ObserveError {
         "--ring-buffer-bytes {bytes} is invalid: it must be a power of two and a multiple of the page size ({page}), e.g. 4194304"
     )]
     RingBufferSize { bytes: u32, page: u32 },
+
+    #[error(
+        "cannot read {url}: {reason}; start an agent there (mcp-observe --pid PID), or use top --pid PID"
+    )]
+    Scrape { url: String, reason: String },
+
+    #[error("the terminal: {0}")]
+    Terminal(io::Error),
 }
 
 /// Facts of probe ABI v1 shared by the error messages and the ELF reader.

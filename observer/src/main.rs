@@ -14,6 +14,7 @@ mod probes;
 mod ring;
 mod spans;
 mod targets;
+mod top;
 mod tracefs;
 mod tree;
 mod workload;
@@ -63,6 +64,8 @@ struct Cli {
     #[arg(long)]
     kernel_only: bool,
     #[command(flatten)]
+    listen: Listen,
+    #[command(flatten)]
     common: Common,
 }
 
@@ -72,6 +75,10 @@ enum Command {
     /// Kubernetes DaemonSet's mode): series are labelled by namespace, pod and container,
     /// or by pid and exe outside Kubernetes.
     Agent(AgentArgs),
+    /// A live table of each proxy's backends and tools, refreshed every second, like
+    /// `top`: request rate, p50 and p99 latency, error share, totals; sessions, backends
+    /// and requests in flight per proxy; events lost. `q` quits.
+    Top(TopArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,15 +93,43 @@ struct AgentArgs {
     #[arg(long)]
     check: bool,
     #[command(flatten)]
+    listen: Listen,
+    #[command(flatten)]
     common: Common,
 }
 
-/// Flags of both modes.
+/// Where the agent serves.
 #[derive(Debug, clap::Args)]
-struct Common {
+struct Listen {
     /// Address to serve /metrics, /healthz and /readyz on.
     #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR")]
     listen: SocketAddr,
+}
+
+/// `top`: a live table in the terminal.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["pids", "url"])))]
+struct TopArgs {
+    /// Attach to this proxy (repeat for several) and show what this process observes.
+    #[arg(long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+    /// Show what a running agent serves instead, e.g. http://127.0.0.1:9464/metrics (on a
+    /// node with the DaemonSet's agent: nothing is attached twice).
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// Rates, percentiles and error shares are over this many seconds.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    window_secs: u64,
+    /// How often the table is refreshed, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    interval_ms: u64,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Flags of every mode that attaches.
+#[derive(Clone, Debug, clap::Args)]
+struct Common {
     /// Ring-buffer size in bytes (a power of two, at least 4096). The default holds 9 ms
     /// of events at a million a second, past the drain interval.
     #[arg(long, default_value_t = 4 << 20, value_name = "BYTES")]
@@ -130,7 +165,7 @@ impl Common {
 
 /// Cardinality: distinct values kept per label (the rest fold into `__other__`, counted in
 /// mcp_observer_label_overflow_total), the tool allowlist and what to do with identities.
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 struct LabelArgs {
     /// Distinct `method` values kept (clients can send any method name).
     #[arg(long, default_value_t = 50, value_name = "N")]
@@ -178,8 +213,10 @@ impl LabelArgs {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    // The live table owns the terminal: log nothing unless asked to (RUST_LOG).
+    let default_log = if matches!(cli.command, Some(Command::Top(_))) { "off" } else { "info" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log)).init();
     let result = match &cli.command {
         Some(Command::Agent(agent)) if !agent.proc.join("1/stat").is_file() => {
             Err(ObserveError::NotProc { path: agent.proc.clone() })
@@ -192,15 +229,24 @@ fn main() -> ExitCode {
                 ..workload::Sources::default()
             };
             let mode = Mode { pids: None, kernel_only: false, sources };
-            if agent.check { check(&agent.common, &mode) } else { serve(&agent.common, mode) }
+            if agent.check {
+                check(&agent.common, &mode)
+            } else {
+                serve(&agent.common, mode, agent.listen.listen, None)
+            }
         }
+        Some(Command::Top(top)) => self::top(top),
         None => {
             let mode = Mode {
                 pids: Some(unique_pids(&cli.pids)),
                 kernel_only: cli.kernel_only,
                 sources: Default::default(),
             };
-            if cli.check { check(&cli.common, &mode) } else { serve(&cli.common, mode) }
+            if cli.check {
+                check(&cli.common, &mode)
+            } else {
+                serve(&cli.common, mode, cli.listen.listen, None)
+            }
         }
     };
     match result {
@@ -412,7 +458,39 @@ fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
-fn serve(common: &Common, mode: Mode) -> Result<(), ObserveError> {
+/// `top --url`, or `top --pid`: the agent on a loopback port of its own, on a thread, and
+/// the table reading it; quitting the table stops the agent as SIGTERM does.
+fn top(args: &TopArgs) -> Result<(), ObserveError> {
+    let window = Duration::from_secs(args.window_secs);
+    let interval = Duration::from_millis(args.interval_ms);
+    if let Some(url) = &args.url {
+        return top::run(url, window, interval, || false);
+    }
+    let mode = Mode { pids: Some(unique_pids(&args.pids)), kernel_only: false, sources: Default::default() };
+    let (announce, announced) = std::sync::mpsc::channel();
+    let common = args.common.clone();
+    let agent = std::thread::spawn(move || {
+        serve(&common, mode, SocketAddr::from(([127, 0, 0, 1], 0)), Some(announce))
+    });
+    // Nothing announced: the agent could not start, and says why.
+    let Ok(addr) = announced.recv() else {
+        return agent.join().expect("agent thread");
+    };
+    let url = format!("http://{addr}/metrics");
+    let shown = top::run(&url, window, interval, || agent.is_finished());
+    // SAFETY: kill(2) on our own pid; the agent's SIGTERM handler detaches and returns.
+    unsafe { libc::kill(std::process::id() as i32, libc::SIGTERM) };
+    let stopped = agent.join().expect("agent thread");
+    shown.and(stopped)
+}
+
+/// Runs the agent until SIGTERM or Ctrl-C; `announce` gets the address it serves on.
+fn serve(
+    common: &Common,
+    mode: Mode,
+    listen: SocketAddr,
+    announce: Option<std::sync::mpsc::Sender<SocketAddr>>,
+) -> Result<(), ObserveError> {
     // One thread for the reader, its timer and HTTP: a wakeup costs tens of microseconds of
     // context switches on a VM, and a timer on another thread would wake two per drain.
     // Blocking work (the targets, the kernel maps at a scrape) has threads of its own.
@@ -420,12 +498,16 @@ fn serve(common: &Common, mode: Mode) -> Result<(), ObserveError> {
     runtime.block_on(async {
         let Started { targets, state, ring, hooks, .. } = start(common, &mode)?;
         log::info!("attached {} kernel hooks (TCP connections and child processes)", hooks.len());
-        let listener = tokio::net::TcpListener::bind(common.listen)
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|source| ObserveError::Listen { addr: common.listen, source })?;
-        let bound =
-            listener.local_addr().map_err(|source| ObserveError::Listen { addr: common.listen, source })?;
+            .map_err(|source| ObserveError::Listen { addr: listen, source })?;
+        let bound = listener.local_addr().map_err(|source| ObserveError::Listen { addr: listen, source })?;
         log::info!("serving /metrics on http://{bound}");
+        // Before anyone is told where we are: `top` stops us with SIGTERM.
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        if let Some(announce) = announce {
+            let _ = announce.send(bound);
+        }
 
         // The targets live on a thread of their own: adding one reads /proc and ELF files.
         let (lifecycle, events) = std::sync::mpsc::sync_channel(LIFECYCLE_QUEUE);
@@ -439,7 +521,6 @@ fn serve(common: &Common, mode: Mode) -> Result<(), ObserveError> {
             Duration::from_millis(common.drain_interval_ms),
         );
         let server = axum::serve(listener, http::router(state)).into_future();
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         // Only a signal ends the agent cleanly; any part stopping on its own is a failure.
         let stopped = tokio::select! {
             result = drain => Some(format!("the ring-buffer reader stopped: {result:?}")),

@@ -9,9 +9,9 @@ use crate::{exec, manifests::PYTHON_PACKAGES};
 
 /// The LLVM that bpf-linker links against, bpftool, capsh and strip for the tests, and
 /// for the kernel-hook tests: network namespaces, nftables, sysctl and pkill, setpriv and
-/// unshare, the system Python that plays a proxy without probes, and Prometheus (with
-/// promtool) for the rules' unit tests and the PromQL test.
-const APT_PACKAGES: [&str; 11] = [
+/// unshare, the system Python that plays a proxy without probes, Prometheus (with
+/// promtool) for the rules' unit tests and the PromQL test, and tmux to drive `top`.
+const APT_PACKAGES: [&str; 12] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "bpftool",
@@ -23,6 +23,7 @@ const APT_PACKAGES: [&str; 11] = [
     "util-linux",
     "python3",
     "prometheus",
+    "tmux",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 

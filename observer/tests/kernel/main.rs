@@ -7,6 +7,7 @@ mod catalogue;
 mod hooks;
 mod prometheus;
 mod support;
+mod top;
 
 use std::{
     io::Write as _,
