@@ -113,8 +113,8 @@ struct TopArgs {
     /// Attach to this proxy (repeat for several) and show what this process observes.
     #[arg(long = "pid", value_name = "PID")]
     pids: Vec<u32>,
-    /// Show what a running agent serves instead, e.g. http://127.0.0.1:9464/metrics (on a
-    /// node with the DaemonSet's agent: nothing is attached twice).
+    /// Show what a running agent serves instead, e.g. http://127.0.0.1:9464/metrics run in
+    /// the DaemonSet's agent pod: nothing is attached twice. Plain HTTP only.
     #[arg(long, value_name = "URL")]
     url: Option<String>,
     /// Rates, percentiles and error shares are over this many seconds.
@@ -459,7 +459,7 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 /// `top --url`, or `top --pid`: the agent on a loopback port of its own, on a thread, and
-/// the table reading it; quitting the table stops the agent as SIGTERM does.
+/// the table reading it; quitting the table stops the agent, which detaches.
 fn top(args: &TopArgs) -> Result<(), ObserveError> {
     let window = Duration::from_secs(args.window_secs);
     let interval = Duration::from_millis(args.interval_ms);
@@ -468,9 +468,11 @@ fn top(args: &TopArgs) -> Result<(), ObserveError> {
     }
     let mode = Mode { pids: Some(unique_pids(&args.pids)), kernel_only: false, sources: Default::default() };
     let (announce, announced) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel();
     let common = args.common.clone();
+    let embedded = Embedded { announce, stop: stopped };
     let agent = std::thread::spawn(move || {
-        serve(&common, mode, SocketAddr::from(([127, 0, 0, 1], 0)), Some(announce))
+        serve(&common, mode, SocketAddr::from(([127, 0, 0, 1], 0)), Some(embedded))
     });
     // Nothing announced: the agent could not start, and says why.
     let Ok(addr) = announced.recv() else {
@@ -478,18 +480,24 @@ fn top(args: &TopArgs) -> Result<(), ObserveError> {
     };
     let url = format!("http://{addr}/metrics");
     let shown = top::run(&url, window, interval, || agent.is_finished());
-    // SAFETY: kill(2) on our own pid; the agent's SIGTERM handler detaches and returns.
-    unsafe { libc::kill(std::process::id() as i32, libc::SIGTERM) };
-    let stopped = agent.join().expect("agent thread");
-    shown.and(stopped)
+    let _ = stop.send(());
+    let detached = agent.join().expect("agent thread");
+    shown.and(detached)
 }
 
-/// Runs the agent until SIGTERM or Ctrl-C; `announce` gets the address it serves on.
+/// An agent run by another part of this process (`top`): it is told where the agent
+/// serves, and stops it.
+struct Embedded {
+    announce: std::sync::mpsc::Sender<SocketAddr>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// Runs the agent until SIGTERM or Ctrl-C, or until `embedded`'s owner stops it.
 fn serve(
     common: &Common,
     mode: Mode,
     listen: SocketAddr,
-    announce: Option<std::sync::mpsc::Sender<SocketAddr>>,
+    embedded: Option<Embedded>,
 ) -> Result<(), ObserveError> {
     // One thread for the reader, its timer and HTTP: a wakeup costs tens of microseconds of
     // context switches on a VM, and a timer on another thread would wake two per drain.
@@ -503,11 +511,17 @@ fn serve(
             .map_err(|source| ObserveError::Listen { addr: listen, source })?;
         let bound = listener.local_addr().map_err(|source| ObserveError::Listen { addr: listen, source })?;
         log::info!("serving /metrics on http://{bound}");
-        // Before anyone is told where we are: `top` stops us with SIGTERM.
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let (announce, stop) = embedded.map(|e| (e.announce, e.stop)).unzip();
         if let Some(announce) = announce {
             let _ = announce.send(bound);
         }
+        let stopped_by_owner = async {
+            match stop {
+                Some(stop) => drop(stop.await),
+                None => std::future::pending().await,
+            }
+        };
 
         // The targets live on a thread of their own: adding one reads /proc and ELF files.
         let (lifecycle, events) = std::sync::mpsc::sync_channel(LIFECYCLE_QUEUE);
@@ -531,6 +545,7 @@ fn serve(
             }
             _ = tokio::signal::ctrl_c() => None,
             _ = term.recv() => None,
+            _ = stopped_by_owner => None,
         };
         log::info!("detaching");
         // The targets thread detaches every uprobe and unloads the programs as it ends.

@@ -10,11 +10,20 @@
 //! space may write); page 1 the producer position; then the data pages, mapped twice in a
 //! row so a record that wraps around the end reads as one slice. Each record starts with
 //! an 8-byte header: its length with the busy and discard bits, and a page offset.
+//!
+//! Publishing late is safe only because our programs never rely on the kernel's default
+//! wakeup (which fires when a record is committed at the consumer position): they submit
+//! with `BPF_RB_NO_WAKEUP`, or force one when the ring fills, and the reader drains on a
+//! timer as well.
+//!
+//! The producer pages are mapped read-only, where Rust guarantees only `Relaxed` atomic
+//! loads (std::sync::atomic, "Atomic accesses to read-only memory"): each load is
+//! `Relaxed`, then an `Acquire` fence orders the reads of the record after it.
 
 use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
     ptr::NonNull,
-    sync::atomic::{AtomicU32, AtomicUsize, Ordering},
+    sync::atomic::{AtomicU32, AtomicUsize, Ordering, fence},
 };
 
 use aya::maps::MapData;
@@ -56,7 +65,8 @@ impl Ring {
         let (start, mut published) = (*pos, *pos);
         let data = producer.at(*page);
         'drain: loop {
-            let end = producer.position().load(Ordering::Acquire);
+            let end = producer.position().load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
             if *pos == end {
                 break;
             }
@@ -65,7 +75,8 @@ impl Ring {
                 // SAFETY: `at` is 8-aligned and below the ring's size, inside the first
                 // mapping of the data pages; the kernel writes the header atomically.
                 let header = unsafe { &*data.add(at).cast::<AtomicU32>() };
-                let len = header.load(Ordering::Acquire);
+                let len = header.load(Ordering::Relaxed);
+                fence(Ordering::Acquire);
                 if len & BUSY != 0 {
                     break 'drain;
                 }

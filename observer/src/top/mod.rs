@@ -30,9 +30,17 @@ pub fn run(
     interval: Duration,
     stopped: impl Fn() -> bool,
 ) -> Result<(), ObserveError> {
+    let timeout = interval.clamp(Duration::from_secs(1), Duration::from_secs(5));
     let mut window = Window::new(span);
-    window.push(read(url)?);
-    let mut terminal = ratatui::try_init().map_err(ObserveError::Terminal)?;
+    window.push(read(url, timeout)?);
+    let mut terminal = match ratatui::try_init() {
+        Ok(terminal) => terminal,
+        Err(error) => {
+            // It may have switched to raw mode before failing.
+            ratatui::restore();
+            return Err(ObserveError::Terminal(error));
+        }
+    };
     let mut failed: Option<ObserveError> = None;
     let mut next = Instant::now() + interval;
     let shown = loop {
@@ -54,7 +62,7 @@ pub fn run(
             break Ok(());
         }
         next = Instant::now() + interval;
-        match read(url) {
+        match read(url, timeout) {
             Ok(scrape) => {
                 window.push(scrape);
                 failed = None;
@@ -63,8 +71,8 @@ pub fn run(
             Err(error) => failed = Some(error),
         }
     };
-    ratatui::try_restore().map_err(ObserveError::Terminal)?;
-    shown
+    let restored = ratatui::try_restore().map_err(ObserveError::Terminal);
+    shown.and(restored)
 }
 
 fn quits(code: KeyCode, modifiers: KeyModifiers) -> bool {
@@ -72,12 +80,15 @@ fn quits(code: KeyCode, modifiers: KeyModifiers) -> bool {
         || (code == KeyCode::Char('c') && modifiers.contains(KeyModifiers::CONTROL))
 }
 
-fn read(url: &str) -> Result<Scrape, ObserveError> {
+/// One scrape of `url`; a read that takes longer than `timeout` fails, so that a stalled
+/// agent cannot freeze the table.
+fn read(url: &str, timeout: Duration) -> Result<Scrape, ObserveError> {
     let failed = |reason: String| ObserveError::Scrape { url: url.to_string(), reason };
     let at = Instant::now();
-    let mut response = ureq::get(url).call().map_err(|e| failed(e.to_string()))?;
+    let request = ureq::get(url).config().timeout_global(Some(timeout)).build();
+    let mut response = request.call().map_err(|e| failed(e.to_string()))?;
     let text = response.body_mut().read_to_string().map_err(|e| failed(e.to_string()))?;
-    Scrape::parse(&text, at).map_err(|e| failed(format!("not Prometheus text: {e}")))
+    Scrape::parse(&text, at).map_err(failed)
 }
 
 const COLUMNS: [&str; 8] = ["PROXY", "BACKEND", "TOOL", "REQ/S", "P50", "P99", "ERR%", "TOTAL"];
@@ -110,8 +121,13 @@ fn draw(frame: &mut Frame, url: &str, span: Duration, window: &Window, failed: O
     .areas(frame.area());
     frame.render_widget(Paragraph::new(header), top);
 
-    let rows = window.rows().into_iter().map(|row| TableRow::new(cells(&row)));
-    let widths = [18, 16, 24, 9, 10, 10, 7, 10].map(Constraint::Length);
+    let rows: Vec<[String; 8]> = window.rows().iter().map(cells).collect();
+    // Each column as wide as its longest cell: Kubernetes names are long.
+    let widths = std::array::from_fn::<_, 8, _>(|i| {
+        let widest = rows.iter().map(|row| row[i].chars().count()).chain([COLUMNS[i].len()]).max();
+        Constraint::Length(widest.unwrap_or(0) as u16)
+    });
+    let rows = rows.into_iter().map(TableRow::new);
     let columns = TableRow::new(COLUMNS.map(Cell::from)).style(Style::new().reversed());
     frame.render_widget(Table::new(rows, widths).header(columns), table);
     frame.render_widget(Paragraph::new("q: quit"), bottom);

@@ -54,8 +54,8 @@ impl Window {
             .iter()
             .map(|(key, now)| {
                 // A row missing from the base had no request yet: the agent never removes
-                // a live proxy's series.
-                let then = base.rows.get(key).unwrap_or(&empty);
+                // a live proxy's series. One that went down is a restarted agent's: all new.
+                let then = base.rows.get(key).filter(|then| then.total <= now.total).unwrap_or(&empty);
                 let requests = now.total - then.total;
                 let buckets = delta(&now.buckets, &then.buckets);
                 Row {
@@ -127,6 +127,13 @@ mod tests {
         assert!(near(echo.p99, 0.1 + 0.4 * (0.99 * 6.0 - 4.0) / 2.0), "{:?}", echo.p99);
         assert_eq!(rows[1].rate, Some(0.0), "initialize: no request in the window");
         assert_eq!(rows[1].error_ratio, None);
+
+        // The agent behind --url restarted: its counters start again, nothing goes negative.
+        let mut restarted = Window::new(Duration::from_secs(10));
+        restarted.push(Scrape::parse(TEXT, start).unwrap());
+        restarted.push(Scrape::parse(&before, start + Duration::from_secs(2)).unwrap());
+        let echo = &restarted.rows()[0];
+        assert_eq!((echo.rate, echo.error_ratio, echo.total), (Some(2.0), Some(0.0), 4.0));
 
         // Past the window, the old base is dropped: nothing new, no rate of old requests.
         window.push(Scrape::parse(TEXT, start + Duration::from_secs(13)).unwrap());

@@ -27,7 +27,7 @@ const SLEEP_MS: u64 = 300;
 /// The sleep calls' bucket: (0.25 s, 0.5 s].
 const SLEEP_BUCKET: (f64, f64) = (0.25, 0.5);
 /// Long enough that no backend is reaped between the two load runs.
-const IDLE_MS: &str = "8000";
+const IDLE_MS: &str = "20000";
 /// Scrapes and rule evaluations.
 const INTERVAL_S: f64 = 1.0;
 
@@ -66,7 +66,7 @@ fn prometheus_answers_the_operators_questions_from_the_agents_series() {
     prometheus.until("the first run", "sum(mcp_proxy_requests_total)", total(&requests_of(&first)));
     // Windows start between two flat samples: the last one with only the first run's
     // counts, and a later one that does not have the second run's yet.
-    let flat = || std::thread::sleep(Duration::from_secs_f64(1.5 * INTERVAL_S));
+    let flat = || std::thread::sleep(Duration::from_secs_f64(2.0 * INTERVAL_S));
     flat();
     let start = unix_now();
     flat();
@@ -104,6 +104,24 @@ fn prometheus_answers_the_operators_questions_from_the_agents_series() {
     let all = total(&requests);
     let ratios = prometheus.rule("mcp_proxy:requests_by_status:ratio_rate5m", &window, end);
     assert_matches(&ratios, &by_status.iter().map(|(k, n)| (k.clone(), n / all)).collect(), &["status"]);
+
+    // Error ratio by backend: what it failed among what reached it (not ACL or auth
+    // refusals); exact too.
+    let reached =
+        |t: &&Truth| !t.server.is_empty() && !["acl_denied", "auth_failed"].contains(&t.status.as_str());
+    let failed = |t: &&Truth| {
+        ["jsonrpc_error", "tool_error", "timeout", "connect_failed"].contains(&t.status.as_str())
+    };
+    let sent = tally(&requests.iter().filter(reached).cloned().collect::<Vec<_>>(), |t| key(&[&t.server]));
+    let failures = tally(&requests.iter().filter(reached).filter(failed).cloned().collect::<Vec<_>>(), |t| {
+        key(&[&t.server])
+    });
+    assert!(failures.len() == 2, "both backends have failing tools: {failures:?}");
+    assert_matches(
+        &prometheus.rule("mcp_proxy:backend_errors:ratio_rate5m", &window, end),
+        &failures.iter().map(|(k, n)| (k.clone(), n / sent[k])).collect(),
+        &["server"],
+    );
 
     // Latency: every sleep call lands in its bucket, and nothing else does.
     for quantile in ["p50", "p95", "p99"] {
@@ -160,7 +178,7 @@ fn prometheus_answers_the_operators_questions_from_the_agents_series() {
     );
 
     // Child processes per backend, as /proc lists them.
-    let children = prometheus.query("mcp_proxy:child_processes:sum > 0", end);
+    let children = prometheus.query("sum by (server) (mcp_proxy_child_processes) > 0", end);
     assert_matches(&children, &backends.iter().map(|(s, n)| (key(&[s]), *n)).collect(), &["server"]);
     // Each connected backend has its idle-reaped series, at 0 so far.
     assert_matches(
@@ -173,7 +191,7 @@ fn prometheus_answers_the_operators_questions_from_the_agents_series() {
     // silent proxy's namespace drops every packet.
     flat();
     netns.black_hole();
-    wait_for(Duration::from_secs(30), "the reaper to end every backend", || {
+    wait_for(Duration::from_secs(60), "the reaper to end every backend", || {
         backend_children(&proxy).is_empty()
     });
     prometheus.until(
@@ -192,7 +210,7 @@ fn prometheus_answers_the_operators_questions_from_the_agents_series() {
         assert_proportional(&per_window, &backends.keys().map(|s| (key(&[s]), 1.0)).collect(), &["server"]);
     assert_extrapolated(reap_factor, since_end.seconds, "idle reaps");
     // The gauges' recorded series follow, one evaluation behind the scrape.
-    prometheus.until("no child process left", "sum(mcp_proxy:child_processes:sum)", 0.0);
+    prometheus.until("no child process left", "sum(mcp_proxy_child_processes)", 0.0);
     prometheus.until("no session left", "sum(mcp_proxy:sessions_active:sum)", 0.0);
 
     // TCP keepalive timeouts: the silent proxy's one, inbound.
