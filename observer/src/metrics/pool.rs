@@ -114,9 +114,10 @@ impl Pool {
         Ok(())
     }
 
-    /// Creates a backend's connect and disconnect series at 0 when it first connects: a
+    /// Creates a backend's connect and disconnect series at 0 at its first connect: a
     /// series born at 1 shows no increase to Prometheus, so `rate()` and `increase()` would
-    /// miss the backend's first failure or idle reaping (and the alerts built on them).
+    /// miss the backend's first reap or failure after it (and the alerts built on them).
+    /// A first connect that fails is still born at 1.
     fn zero_series(&self, server: &str) {
         for connect_kind in names::CONNECT_KIND {
             for result in names::CONNECT_RESULT {
