@@ -105,7 +105,7 @@ fn the_backend_pool_matches_the_pool_scenario() {
         assert_rows_match(&observer, metric, &truth, key);
     }
     assert_rows_match(&observer, "mcp_proxy_acl_decisions_total", &truth, "acl");
-    let rows = |key: &str| truth[key].as_array().unwrap_or_else(|| panic!("no {key} in {truth}")).clone();
+    let rows = |key: &str| truth_rows(&truth, key);
     let of_server = |key: &str, server: &str, reason: Option<&str>| -> f64 {
         rows(key)
             .iter()

@@ -112,10 +112,9 @@ fn prometheus_answers_the_operators_questions_from_the_agents_series() {
     let failed = |t: &&Truth| {
         ["jsonrpc_error", "tool_error", "timeout", "connect_failed"].contains(&t.status.as_str())
     };
-    let sent = tally(&requests.iter().filter(reached).cloned().collect::<Vec<_>>(), |t| key(&[&t.server]));
-    let failures = tally(&requests.iter().filter(reached).filter(failed).cloned().collect::<Vec<_>>(), |t| {
-        key(&[&t.server])
-    });
+    let by_server = |t: &Truth| key(&[&t.server]);
+    let sent = tally(requests.iter().filter(reached), by_server);
+    let failures = tally(requests.iter().filter(reached).filter(failed), by_server);
     assert!(failures.len() == 2, "both backends have failing tools: {failures:?}");
     assert_matches(
         &prometheus.rule("mcp_proxy:backend_errors:ratio_rate5m", &window, end),
@@ -144,11 +143,11 @@ fn prometheus_answers_the_operators_questions_from_the_agents_series() {
 
     // ACL denials by identity and tool: exact totals, and the requests' factor.
     let denials = |truth: &Json| {
-        rows(truth, "acl")
-            .into_iter()
+        truth_rows(truth, "acl")
+            .iter()
             .filter(|row| row["decision"] == "deny")
             .map(|row| {
-                (key(&[str_of(&row, "identity"), str_of(&row, "server"), str_of(&row, "tool")]), count(&row))
+                (key(&[str_of(row, "identity"), str_of(row, "server"), str_of(row, "tool")]), count(row))
             })
             .fold(BTreeMap::new(), |mut acc, (k, n)| {
                 *acc.entry(k).or_insert(0.0) += n;
@@ -168,8 +167,9 @@ fn prometheus_answers_the_operators_questions_from_the_agents_series() {
     assert!((denial_factor - factor).abs() < 1e-9, "ACL denials {denial_factor}, requests {factor}");
 
     // Active sessions: every identity's session open during the run, none after it.
-    let opened =
-        |truth: &Json| rows(truth, "sessions").iter().map(|row| row["opened"].as_f64().unwrap()).sum::<f64>();
+    let opened = |truth: &Json| {
+        truth_rows(truth, "sessions").iter().map(|row| row["opened"].as_f64().unwrap()).sum::<f64>()
+    };
     let peak = at_end(&format!("max(max_over_time(mcp_proxy:sessions_active:sum[{}]))", window.range));
     assert_eq!(values(&peak), vec![opened(&second)], "sessions open during the run");
     assert_eq!(
@@ -429,16 +429,15 @@ fn total(truth: &[Truth]) -> f64 {
     truth.iter().map(|t| t.count as f64).sum()
 }
 
-fn tally(truth: &[Truth], by: impl Fn(&Truth) -> Vec<String>) -> BTreeMap<Vec<String>, f64> {
+fn tally<'a>(
+    truth: impl IntoIterator<Item = &'a Truth>,
+    by: impl Fn(&Truth) -> Vec<String>,
+) -> BTreeMap<Vec<String>, f64> {
     let mut out = BTreeMap::new();
     for t in truth {
         *out.entry(by(t)).or_insert(0.0) += t.count as f64;
     }
     out
-}
-
-fn rows(truth: &Json, table: &str) -> Vec<Json> {
-    truth[table].as_array().unwrap_or_else(|| panic!("no {table} in {truth}")).clone()
 }
 
 fn str_of<'a>(row: &'a Json, field: &str) -> &'a str {

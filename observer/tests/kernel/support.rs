@@ -380,10 +380,15 @@ pub fn assert_sleeps_are_slow(observer: &Running, truth: &[Truth], below: f64) {
     }
 }
 
+/// The rows of ground-truth table `key` (`acl`, `sessions`, …).
+pub fn truth_rows<'a>(truth: &'a serde_json::Value, key: &str) -> &'a [serde_json::Value] {
+    truth[key].as_array().unwrap_or_else(|| panic!("ground truth has no {key}: {truth}"))
+}
+
 /// Rows of a ground-truth table (`truth[key]`): each row's string fields as labels, and
 /// its `count`. The metric must have exactly these series with exactly these values.
 pub fn assert_rows_match(observer: &Running, metric: &str, truth: &serde_json::Value, key: &str) {
-    let rows = truth[key].as_array().unwrap_or_else(|| panic!("ground truth has no {key}: {truth}"));
+    let rows = truth_rows(truth, key);
     let metrics = scrape(observer);
     let mut total = 0.0;
     for row in rows {
