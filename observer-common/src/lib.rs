@@ -376,6 +376,39 @@ pub struct Layout {
     pub exit_group_error_code: u32,
 }
 
+impl Layout {
+    /// Every field absent: where the agent starts before it reads the formats, and what
+    /// a hook the kernel lacks leaves behind.
+    pub const ABSENT: Layout = Layout {
+        state_skaddr: ABSENT,
+        state_oldstate: ABSENT,
+        state_newstate: ABSENT,
+        state_sport: ABSENT,
+        state_dport: ABSENT,
+        state_family: ABSENT,
+        state_protocol: ABSENT,
+        error_error: ABSENT,
+        error_sport: ABSENT,
+        error_dport: ABSENT,
+        error_protocol: ABSENT,
+        send_reset_skaddr: ABSENT,
+        send_reset_reason: ABSENT,
+        keepalive_timeout_reason: ABSENT,
+        receive_reset_skaddr: ABSENT,
+        retransmit_skaddr: ABSENT,
+        retransmit_err: ABSENT,
+        recv_sk: ABSENT,
+        recv_protocol: ABSENT,
+        newtask_pid: ABSENT,
+        newtask_comm: ABSENT,
+        newtask_clone_flags: ABSENT,
+        exec_filename: ABSENT,
+        process_exit_group_dead: ABSENT,
+        exit_group_error_code: ABSENT,
+    };
+}
+const _: () = assert!(core::mem::size_of::<Layout>() == 25 * 4);
+
 /// Key of the in-flight map: requests are identified per process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

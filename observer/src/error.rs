@@ -48,7 +48,9 @@ pub enum ObserveError {
     )]
     UprobesNeedSysAdmin,
 
-    #[error("Linux {release} is too old: mcp-observe needs 5.15 or later (its uprobes read attach cookies)")]
+    #[error(
+        "Linux {release} is too old: mcp-observe needs 5.15 or later (its uprobes read attach cookies, bpf_get_attach_cookie, which this kernel lacks)"
+    )]
     OldKernel { release: String },
 
     #[error("this kernel has no uprobe support ({} is absent): use a kernel built with CONFIG_UPROBE_EVENTS=y", path.display())]
@@ -63,23 +65,34 @@ pub enum ObserveError {
     Tracepoint { event: String, source: io::Error },
 
     #[error(
-        "tracepoint {event} has no {expected}-byte field `{field}` (found: {found:?} bytes): this kernel's tracepoint differs from what mcp-observe reads; please report it with `uname -r`"
+        "this kernel has no tracepoint {event}, which mcp-observe needs to follow the proxies' process trees: use a kernel built with CONFIG_TRACEPOINTS (every distribution kernel since 3.x has it), and check that tracefs shows events/ (`ls /sys/kernel/tracing/events`)"
+    )]
+    RequiredTracepoint { event: String },
+
+    #[error(
+        "tracepoint {event} has no {expected}-byte field `{field}` ({}): this kernel's tracepoint differs from what mcp-observe reads; please report it with `uname -r`",
+        found.map_or("no such field".to_string(), |size| format!("it has {size} bytes"))
     )]
     TracepointField { event: String, field: &'static str, expected: u32, found: Option<u32> },
 
-    #[error("attaching the kernel hook on tracepoint {category}:{name} failed: {source}")]
-    HookAttach { category: &'static str, name: &'static str, source: Box<aya::programs::ProgramError> },
+    #[error("attaching the kernel hook on {hook} failed: {cause}; {next}")]
+    HookAttach { hook: String, cause: String, next: String },
 
     #[error("cannot track pid {pid}'s process tree in the kernel: {source}")]
     Track { pid: u32, source: Box<aya::maps::MapError> },
 
     #[error(
-        "loading the eBPF programs failed: {0}; run `mcp-observe --check` to see which kernel feature is missing"
+        "creating the eBPF maps on Linux {release} failed: {cause}; kernels before 5.11 charge them to `ulimit -l` (raise it), and every kernel wants CAP_BPF or CAP_SYS_ADMIN"
     )]
-    Load(#[source] Box<aya::EbpfError>),
+    Load { release: String, cause: String },
 
-    #[error("attaching probe {probe} in {} (pid {pid}) failed: {source}", path.display())]
-    Attach { probe: &'static str, pid: u32, path: PathBuf, source: Box<aya::programs::ProgramError> },
+    #[error(
+        "the kernel refused eBPF program {program} on Linux {release}: {cause}; please report this with `uname -r` and this line"
+    )]
+    ProgramLoad { program: &'static str, release: String, cause: String },
+
+    #[error("attaching probe {probe} in {} (pid {pid}) failed: {cause}; {next}", path.display())]
+    Attach { probe: &'static str, pid: u32, path: PathBuf, cause: String, next: String },
 
     #[error("eBPF map {name} is missing or of the wrong type: {source}")]
     Map { name: &'static str, source: Box<aya::maps::MapError> },
@@ -105,6 +118,31 @@ pub enum ObserveError {
 
     #[error("the terminal: {0}")]
     Terminal(io::Error),
+}
+
+/// `error` and every error below it, joined on one line: aya names the failed call at
+/// the top and keeps the errno below, and the verifier's log is many lines.
+pub fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text += ": ";
+        text += &cause.to_string();
+        source = cause.source();
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The errno at the bottom of `error`'s chain, if an OS call failed.
+pub fn errno(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut source = Some(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            return io.raw_os_error();
+        }
+        source = cause.source();
+    }
+    None
 }
 
 /// Facts of probe ABI v1 shared by the error messages and the ELF reader.

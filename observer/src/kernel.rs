@@ -14,6 +14,9 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
+const PERF_EVENT_PARANOID: &str = "/proc/sys/kernel/perf_event_paranoid";
+
 /// Kernel facts shown by `--check`.
 #[derive(Debug)]
 pub struct Features {
@@ -21,17 +24,59 @@ pub struct Features {
     pub uprobes: bool,
     pub tracefs: Option<PathBuf>,
     pub kprobes: bool,
+    pub perf_event_paranoid: Option<i32>,
 }
 
 pub fn features() -> Features {
-    let release =
-        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     Features {
-        release,
+        release: release(),
         uprobes: Path::new(UPROBE_PMU).exists(),
         tracefs: crate::tracefs::find(),
-        kprobes: Path::new("/sys/bus/event_source/devices/kprobe/type").exists(),
+        kprobes: Path::new(KPROBE_PMU).exists(),
+        perf_event_paranoid: perf_event_paranoid(),
     }
+}
+
+/// The running kernel's release, as `uname -r` says it.
+pub fn release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
+}
+
+fn perf_event_paranoid() -> Option<i32> {
+    std::fs::read_to_string(PERF_EVENT_PARANOID).ok()?.trim().parse().ok()
+}
+
+/// The next step after a perf event or BPF link the kernel refused with `error`.
+pub fn perf_refusal_hint(error: &(dyn std::error::Error + 'static)) -> String {
+    let errno = crate::error::errno(error);
+    let paranoid = perf_event_paranoid();
+    let sys_admin = effective_capabilities() & (1u64 << CAP_SYS_ADMIN) != 0;
+    match errno {
+        Some(libc::EACCES | libc::EPERM) if paranoid.is_some_and(|p| p >= 3) && !sys_admin => format!(
+            "{}: kernel.perf_event_paranoid is {}, at which Debian's and Ubuntu's kernels open perf events to CAP_SYS_ADMIN alone; grant CAP_SYS_ADMIN (the DaemonSet has it), or set `sysctl kernel.perf_event_paranoid=2`",
+            errno_name(errno),
+            paranoid.unwrap_or_default()
+        ),
+        Some(libc::EACCES | libc::EPERM) => format!(
+            "{}: grant CAP_BPF and CAP_PERFMON (uprobes also CAP_SYS_ADMIN), or run as root; a kernel in lockdown=confidentiality refuses it to root too",
+            errno_name(errno)
+        ),
+        _ => format!("{}: please report it with `uname -r` and this line", errno_name(errno)),
+    }
+}
+
+fn errno_name(errno: Option<i32>) -> String {
+    let name = match errno {
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::ENOENT) => "ENOENT",
+        Some(libc::EINVAL) => "EINVAL",
+        Some(libc::EBUSY) => "EBUSY",
+        Some(libc::EOPNOTSUPP) => "EOPNOTSUPP",
+        Some(other) => return format!("errno {other}"),
+        None => return "no errno".to_string(),
+    };
+    name.to_string()
 }
 
 /// Fails with the first missing capability: to create uprobes (unless `kernel_only`), to
@@ -125,10 +170,18 @@ pub fn require_uprobes() -> Result<(), ObserveError> {
 /// The oldest Linux the programs load on: their uprobes read attach cookies.
 const OLDEST_RELEASE: (u32, u32) = (5, 15);
 
-/// Fails on a kernel older than [`OLDEST_RELEASE`], before the verifier would, less clearly.
-pub fn require_release() -> Result<(), ObserveError> {
-    let release = features().release;
-    if too_old(&release) {
+/// Fails on a kernel whose uprobes cannot read attach cookies (`bpf_get_attach_cookie`,
+/// Linux 5.15), before the verifier would, less clearly: asked of the kernel by loading a
+/// program that calls it, and, where that cannot be asked, told by the release.
+pub fn require_attach_cookies() -> Result<(), ObserveError> {
+    use aya::{programs::ProgramType, sys::BpfHelper};
+    let release = release();
+    let supported = aya::sys::is_helper_supported(ProgramType::KProbe, BpfHelper::BPF_FUNC_get_attach_cookie)
+        .unwrap_or_else(|e| {
+            log::debug!("probing bpf_get_attach_cookie: {e}; judging by the release");
+            !too_old(&release)
+        });
+    if !supported {
         return Err(ObserveError::OldKernel { release });
     }
     Ok(())

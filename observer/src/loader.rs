@@ -1,8 +1,6 @@
 //! Loads the embedded eBPF object, attaches its uprobes to the executables of the
 //! targets and its kernel hooks to their tracepoints.
 
-use std::path::Path;
-
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, Map, MapData, PerCpuArray},
@@ -13,15 +11,16 @@ use aya::{
 };
 use observer_common::{
     COUNTERS_MAP, DISCOVER_GLOBAL, EVENTS_MAP, IN_FLIGHT_ENTRIES, IN_FLIGHT_MAP, LAYOUT_GLOBAL,
-    LISTENING_MAP, Layout, REQUEST_LATENCY_GLOBAL, SOCKETS_MAP, TRACKED_MAP, WAKEUP_THRESHOLD_GLOBAL,
+    LISTENING_MAP, REQUEST_LATENCY_GLOBAL, SOCKETS_MAP, TRACKED_MAP, WAKEUP_THRESHOLD_GLOBAL,
 };
 
 use crate::{
-    error::ObserveError,
+    error::{ObserveError, causes},
+    hooks::Plan,
+    kernel,
     maps::KernelMaps,
     probes::{self, CATALOGUE, Executable, ProbeTable},
     ring::Ring,
-    tracefs::{self, HOOKS, Hook},
 };
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
@@ -87,48 +86,52 @@ pub struct LoadOptions {
 }
 
 impl Loaded {
-    /// Loads every program; the kernel hooks read their tracepoints' fields at `layout`.
-    pub fn load(ring: RingConfig, layout: &Layout, options: LoadOptions) -> Result<Self, ObserveError> {
+    /// Loads the probes' programs, and the kernel hooks' that `plan` found a hook for
+    /// (the others stay unloaded: the verifier would refuse their absent fields); the
+    /// hooks read their tracepoints' fields at `plan.layout`.
+    pub fn load(ring: RingConfig, plan: &Plan, options: LoadOptions) -> Result<Self, ObserveError> {
         let threshold = ring.wakeup_threshold();
         let mut ebpf = EbpfLoader::new()
             .override_global(WAKEUP_THRESHOLD_GLOBAL, &threshold, true)
-            .override_global(LAYOUT_GLOBAL, layout, true)
+            .override_global(LAYOUT_GLOBAL, &plan.layout, true)
             .override_global(DISCOVER_GLOBAL, &u32::from(options.discover), true)
             .override_global(REQUEST_LATENCY_GLOBAL, &u32::from(options.request_latency), true)
             .map_max_entries(EVENTS_MAP, ring.bytes)
             .map_max_entries(IN_FLIGHT_MAP, if options.request_latency { IN_FLIGHT_ENTRIES } else { 1 })
             .load(EBPF_OBJECT)
-            .map_err(|e| ObserveError::Load(Box::new(e)))?;
-        let failed = |e: ProgramError| ObserveError::Load(Box::new(e.into()));
+            .map_err(|e| ObserveError::Load { release: kernel::release(), cause: causes(&e) })?;
+        let failed = |program: &'static str| {
+            move |e: ProgramError| ObserveError::ProgramLoad {
+                program,
+                release: kernel::release(),
+                cause: causes(&e),
+            }
+        };
         for (_, name) in CATALOGUE {
-            program::<UProbe>(&mut ebpf, name).load().map_err(failed)?;
+            program::<UProbe>(&mut ebpf, name).load().map_err(failed(name))?;
         }
-        for hook in HOOKS {
-            program::<TracePoint>(&mut ebpf, hook.program).load().map_err(failed)?;
+        for hook in plan.attached() {
+            program::<TracePoint>(&mut ebpf, hook.program).load().map_err(failed(hook.program))?;
         }
         Ok(Self { ebpf, options })
     }
 
-    /// Attaches every kernel hook this kernel has tracepoints for (an optional one may be
-    /// missing) and returns them. They act on tracked processes only, so they count
-    /// nothing until [`KernelMaps::track`] registers a target. The process tree's hooks come
-    /// first: a child forked while the others attach is already tracked.
-    pub fn attach_hooks(&mut self, tracefs: &Path) -> Result<Vec<&'static Hook>, ObserveError> {
-        let mut attached = Vec::new();
-        for hook in HOOKS {
-            if hook.without.is_some() && !tracefs::exists(tracefs, hook) {
-                continue;
-            }
+    /// Attaches every kernel hook `plan` loaded. They act on tracked processes only, so
+    /// they count nothing until [`KernelMaps::track`] registers a target. The process
+    /// tree's hooks come first: a child forked while the others attach is already
+    /// tracked. A tracepoint that does not attach stops the agent: what refuses one
+    /// refuses them all.
+    pub fn attach_hooks(&mut self, plan: &Plan) -> Result<(), ObserveError> {
+        for hook in plan.attached() {
             program::<TracePoint>(&mut self.ebpf, hook.program).attach(hook.category, hook.name).map_err(
-                |source| ObserveError::HookAttach {
-                    category: hook.category,
-                    name: hook.name,
-                    source: Box::new(source),
+                |e| ObserveError::HookAttach {
+                    hook: format!("tracepoint {}", hook.tracepoint()),
+                    cause: causes(&e),
+                    next: kernel::perf_refusal_hint(&e),
                 },
             )?;
-            attached.push(hook);
         }
-        Ok(attached)
+        Ok(())
     }
 
     /// Attaches every catalogued probe that `table` has to `executable` (which `pid`
@@ -162,11 +165,12 @@ impl Loaded {
             let attached =
                 uprobe.attach(point, &target, UProbeScope::AllProcesses).and_then(|id| uprobe.take_link(id));
             // On an error the links attached so far detach as they drop.
-            let link = attached.map_err(|source| ObserveError::Attach {
+            let link = attached.map_err(|e| ObserveError::Attach {
                 probe,
                 pid,
                 path: table.path.clone(),
-                source: Box::new(source),
+                cause: causes(&e),
+                next: kernel::perf_refusal_hint(&e),
             })?;
             links.push(ProbeLink { probe, _link: link });
         }

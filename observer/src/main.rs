@@ -4,6 +4,7 @@
 
 mod error;
 mod events;
+mod hooks;
 mod http;
 mod kernel;
 mod labels;
@@ -277,8 +278,8 @@ struct Started {
     targets: Targets,
     state: Arc<AppState>,
     ring: ring::Ring,
-    hooks: Vec<&'static tracefs::Hook>,
-    layout: observer_common::Layout,
+    /// How each kernel hook attached, or why it did not.
+    plan: hooks::Plan,
     /// Each `--pid` and what adding it found (empty in the node-wide mode).
     added: Vec<(u32, Added)>,
 }
@@ -303,19 +304,22 @@ fn start(common: &Common, mode: &Mode) -> Result<Started, ObserveError> {
             .collect::<Result<Vec<_>, ObserveError>>()?,
         None => Vec::new(),
     };
-    kernel::require_release()?;
     if !mode.kernel_only {
         kernel::require_uprobes()?;
     }
     kernel::require_capabilities(mode.kernel_only, mode.pids.is_none())?;
+    kernel::require_attach_cookies()?;
     let tracefs = tracefs::ensure()?;
-    let layout = tracefs::layout(&tracefs)?;
+    let plan = hooks::Plan::probe(&tracefs::formats(&tracefs))?;
     let request_latency = common.request_latency();
     let options = LoadOptions { discover: mode.pids.is_none(), request_latency };
-    let mut loaded = Loaded::load(ring, &layout, options)?;
-    let hooks = loaded.attach_hooks(&tracefs)?;
+    let mut loaded = Loaded::load(ring, &plan, options)?;
+    loaded.attach_hooks(&plan)?;
+    for line in plan.gap_lines() {
+        log::warn!("Linux {}: {line}", kernel::release());
+    }
     let metrics = Arc::new(Metrics::new(common.labels.config(), request_latency));
-    metrics.observer.hooks_attached.set(hooks.len() as i64);
+    metrics.observer.hooks_available(&plan);
     let state = Arc::new(AppState {
         metrics,
         kernel: Mutex::new(loaded.take_maps(Duration::from_secs(common.request_expiry_secs))?),
@@ -342,20 +346,21 @@ fn start(common: &Common, mode: &Mode) -> Result<Started, ObserveError> {
         targets.scan();
     }
     state.ready.store(true, Ordering::Relaxed);
-    Ok(Started { targets, state, ring, hooks, layout, added })
+    Ok(Started { targets, state, ring, plan, added })
 }
 
 fn check(common: &Common, mode: &Mode) -> Result<(), ObserveError> {
-    let Started { targets, state, hooks, layout, added, .. } = start(common, mode)?;
+    let Started { targets, state, plan, added, .. } = start(common, mode)?;
     let features = kernel::features();
     println!(
-        "kernel {}: uprobes {}, tracefs {}, kprobes {} (not used: the kernel hooks are tracepoints)",
+        "kernel {}: uprobes {}, attach cookies yes, tracefs {}, kprobes {}, perf_event_paranoid {}",
         features.release,
         yes_no(features.uprobes),
         features.tracefs.as_deref().map_or("absent".to_string(), |p| format!("at {}", p.display())),
         yes_no(features.kprobes),
+        features.perf_event_paranoid.map_or("unknown".to_string(), |p| p.to_string()),
     );
-    print_hooks(&hooks, &layout);
+    print_hooks(&plan);
     for (pid, found) in &added {
         match &found.table {
             Some(table) => print_probes(*pid, table, &found.attached, common.request_latency()),
@@ -383,7 +388,7 @@ fn check(common: &Common, mode: &Mode) -> Result<(), ObserveError> {
         "ok: {} probes on {} executable(s) and {} kernel hooks attached for {} process(es); ring buffer {} bytes, submit without wakeup, drain every {}–{} ms",
         observer.probes_attached.get(),
         observer.binaries_attached.get(),
-        hooks.len(),
+        plan.attached().count(),
         observer.targets.get(),
         common.ring_buffer_bytes,
         common.drain_interval_ms,
@@ -392,27 +397,17 @@ fn check(common: &Common, mode: &Mode) -> Result<(), ObserveError> {
     targets.shutdown();
     Ok(())
 }
-/// The kernel hooks attached, and what this kernel's tracepoints cannot tell.
-fn print_hooks(hooks: &[&'static tracefs::Hook], layout: &observer_common::Layout) {
-    let names: Vec<String> = hooks.iter().map(|h| format!("{}:{}", h.category, h.name)).collect();
-    println!("kernel hooks: {} tracepoints attached ({})", hooks.len(), names.join(", "));
-    for hook in tracefs::HOOKS.iter().filter(|h| !hooks.iter().any(|a| a.program == h.program)) {
-        let lost = hook.without.unwrap_or_default();
-        println!("  {}:{} absent from this kernel: no {lost}", hook.category, hook.name);
+/// How each kernel hook attached, and what this kernel cannot tell.
+fn print_hooks(plan: &hooks::Plan) {
+    let attached: Vec<String> = plan.attached().map(|hook| hook.tracepoint()).collect();
+    println!("kernel hooks: {} attached ({})", attached.len(), attached.join(", "));
+    for line in plan.gap_lines() {
+        println!("  {line}");
     }
-    if layout.process_exit_group_dead == observer_common::ABSENT {
-        println!(
-            "  sched_process_exit has no group_dead (Linux 6.16 added it): a child ends with its leader thread"
-        );
-    }
-    if tracefs::timeouts_supported(layout) {
+    if hooks::timeouts_supported(&plan.layout) {
         println!(
             "  TCP timeouts told apart: keepalive (reset reason {}), retransmission (ETIMEDOUT after close)",
-            layout.keepalive_timeout_reason
-        );
-    } else {
-        println!(
-            "  TCP timeouts not counted: this kernel lacks reset reasons or inet_sk_error_report (Linux 6.10 has both)"
+            plan.layout.keepalive_timeout_reason
         );
     }
 }
@@ -504,8 +499,8 @@ fn serve(
     // Blocking work (the targets, the kernel maps at a scrape) has threads of its own.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async {
-        let Started { targets, state, ring, hooks, .. } = start(common, &mode)?;
-        log::info!("attached {} kernel hooks (TCP connections and child processes)", hooks.len());
+        let Started { targets, state, ring, plan, .. } = start(common, &mode)?;
+        log::info!("attached {} kernel hooks (TCP connections and child processes)", plan.attached().count());
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|source| ObserveError::Listen { addr: listen, source })?;

@@ -1,5 +1,5 @@
-//! tracefs: found or mounted, and the record layout of each tracepoint the kernel hooks
-//! read, parsed from its `format` file (Rust eBPF has no CO-RE, so offsets are learnt
+//! tracefs: found or mounted, and the record layout of a tracepoint, parsed from its
+//! `format` file (Rust eBPF has no CO-RE, so offsets are learnt
 //! from the running kernel instead of compiled in).
 
 use std::{
@@ -7,60 +7,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use observer_common::{ABSENT, Layout};
+use observer_common::ABSENT;
 
 use crate::error::ObserveError;
 
 /// Where tracefs lives: its own mount point first, the debugfs path of older systems next.
 const MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
-
-/// A tracepoint the kernel hooks attach to, with the program handling it.
-#[derive(Debug)]
-pub struct Hook {
-    pub category: &'static str,
-    pub name: &'static str,
-    pub program: &'static str,
-    /// What is lost on a kernel without it; `None` when it is required.
-    pub without: Option<&'static str>,
-}
-
-const fn hook(category: &'static str, name: &'static str, program: &'static str) -> Hook {
-    Hook { category, name, program, without: None }
-}
-
-/// Every kernel hook, the process tree's first (see `Loaded::attach_hooks`).
-pub const HOOKS: &[Hook] = &[
-    hook("task", "task_newtask", "mcp_task_newtask"),
-    hook("sched", "sched_process_exec", "mcp_sched_process_exec"),
-    Hook {
-        without: Some("child exit statuses (outcome=\"unknown\")"),
-        ..hook("syscalls", "sys_enter_exit_group", "mcp_sys_enter_exit_group")
-    },
-    hook("sched", "sched_process_exit", "mcp_sched_process_exit"),
-    hook("sock", "inet_sock_set_state", "mcp_inet_sock_set_state"),
-    Hook {
-        without: Some("retransmission timeouts"),
-        ..hook("sock", "inet_sk_error_report", "mcp_inet_sk_error_report")
-    },
-    hook("tcp", "tcp_send_reset", "mcp_tcp_send_reset"),
-    hook("tcp", "tcp_receive_reset", "mcp_tcp_receive_reset"),
-    hook("tcp", "tcp_retransmit_skb", "mcp_tcp_retransmit_skb"),
-    Hook {
-        without: Some(
-            "check of whose an accepted connection is (a listener on the same port in another network namespace counts too)",
-        ),
-        ..hook("sock", "sock_recv_length", "mcp_sock_recv_length")
-    },
-];
-
-/// Whether this kernel has the tracepoint.
-pub fn exists(tracefs: &Path, hook: &Hook) -> bool {
-    has_tracepoint(tracefs, hook.category, hook.name)
-}
-
-fn has_tracepoint(tracefs: &Path, category: &str, name: &str) -> bool {
-    tracefs.join("events").join(category).join(name).is_dir()
-}
 
 /// The tracefs mount, mounting it first when it is absent (tracepoints are attached by
 /// their ids, which only tracefs tells).
@@ -86,6 +38,27 @@ pub fn ensure() -> Result<PathBuf, ObserveError> {
     })
 }
 
+/// Where the hooks' `format` files are read: `tracefs`, or for tests the copy that
+/// `MCP_OBSERVE_TRACEFS_FORMATS` names (a root holding `events/CATEGORY/NAME/format`), so
+/// that a test can hide a tracepoint or change a field. Attaching still goes through the
+/// real tracefs; a hook the copy hides is simply not loaded.
+pub fn formats(tracefs: &Path) -> PathBuf {
+    match std::env::var_os(FORMATS_ENV) {
+        Some(copy) => {
+            let copy = PathBuf::from(copy);
+            log::warn!(
+                "reading tracepoint formats from {} ({FORMATS_ENV}), not {}",
+                copy.display(),
+                tracefs.display()
+            );
+            copy
+        }
+        None => tracefs.to_path_buf(),
+    }
+}
+
+const FORMATS_ENV: &str = "MCP_OBSERVE_TRACEFS_FORMATS";
+
 /// The tracefs mount, if there is one.
 pub fn find() -> Option<PathBuf> {
     MOUNTS.iter().map(PathBuf::from).find(|p| p.join("events").is_dir())
@@ -99,18 +72,22 @@ struct Field {
 }
 
 /// A parsed `format` file: its fields by name, and its print format.
-struct Format {
+pub struct Format {
     event: String,
     fields: HashMap<String, Field>,
     print: String,
 }
 
 impl Format {
-    fn read(tracefs: &Path, category: &str, name: &str) -> Result<Self, ObserveError> {
-        let path = tracefs.join("events").join(category).join(name).join("format");
-        let text = std::fs::read_to_string(&path)
+    /// The format of tracepoint `category:name`; `None` when this kernel lacks it.
+    pub fn read(tracefs: &Path, category: &str, name: &str) -> Result<Option<Self>, ObserveError> {
+        let dir = tracefs.join("events").join(category).join(name);
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(dir.join("format"))
             .map_err(|source| ObserveError::Tracepoint { event: format!("{category}:{name}"), source })?;
-        Ok(Self::parse(&format!("{category}:{name}"), &text))
+        Ok(Some(Self::parse(&format!("{category}:{name}"), &text)))
     }
 
     fn parse(event: &str, text: &str) -> Self {
@@ -137,7 +114,7 @@ impl Format {
     }
 
     /// The offset of field `name`, which must be `size` bytes wide.
-    fn offset(&self, name: &'static str, size: u32) -> Result<u32, ObserveError> {
+    pub fn offset(&self, name: &'static str, size: u32) -> Result<u32, ObserveError> {
         match self.fields.get(name) {
             Some(field) if field.size == size => Ok(field.offset),
             found => Err(ObserveError::TracepointField {
@@ -150,75 +127,17 @@ impl Format {
     }
 
     /// Like [`Self::offset`], [`ABSENT`] when the kernel's tracepoint lacks the field.
-    fn optional(&self, name: &'static str, size: u32) -> Result<u32, ObserveError> {
+    pub fn optional(&self, name: &'static str, size: u32) -> Result<u32, ObserveError> {
         if self.fields.contains_key(name) { self.offset(name, size) } else { Ok(ABSENT) }
     }
 
     /// The number the print format's symbol table gives `symbol`: `{ 15, "SYMBOL" }`.
-    fn symbol(&self, symbol: &str) -> Option<u32> {
+    pub fn symbol(&self, symbol: &str) -> Option<u32> {
         let at = self.print.find(&format!("\"{symbol}\""))?;
         let before = self.print[..at].trim_end().strip_suffix(',')?;
         let open = before.rfind('{')?;
         before[open + 1..].trim().parse().ok()
     }
-}
-
-/// The offsets of every field the kernel hooks read, from this kernel's format files.
-pub fn layout(tracefs: &Path) -> Result<Layout, ObserveError> {
-    let format = |category, name| Format::read(tracefs, category, name);
-    let state = format("sock", "inet_sock_set_state")?;
-    let send_reset = format("tcp", "tcp_send_reset")?;
-    let receive_reset = format("tcp", "tcp_receive_reset")?;
-    let retransmit = format("tcp", "tcp_retransmit_skb")?;
-    let newtask = format("task", "task_newtask")?;
-    let exec = format("sched", "sched_process_exec")?;
-    let exit = format("sched", "sched_process_exit")?;
-    // Optional tracepoints: an empty format gives every field ABSENT.
-    let optional = |category, name| {
-        if has_tracepoint(tracefs, category, name) {
-            format(category, name)
-        } else {
-            Ok(Format::parse(&format!("{category}:{name}"), ""))
-        }
-    };
-    let error = optional("sock", "inet_sk_error_report")?;
-    let exit_group = optional("syscalls", "sys_enter_exit_group")?;
-    let recv = optional("sock", "sock_recv_length")?;
-    Ok(Layout {
-        state_skaddr: state.offset("skaddr", 8)?,
-        state_oldstate: state.offset("oldstate", 4)?,
-        state_newstate: state.offset("newstate", 4)?,
-        state_sport: state.offset("sport", 2)?,
-        state_dport: state.offset("dport", 2)?,
-        state_family: state.offset("family", 2)?,
-        state_protocol: state.offset("protocol", 2)?,
-        error_error: error.optional("error", 4)?,
-        error_sport: error.optional("sport", 2)?,
-        error_dport: error.optional("dport", 2)?,
-        error_protocol: error.optional("protocol", 2)?,
-        send_reset_skaddr: send_reset.offset("skaddr", 8)?,
-        send_reset_reason: send_reset.optional("reason", 4)?,
-        keepalive_timeout_reason: send_reset.symbol("TCP_KEEPALIVE_TIMEOUT").unwrap_or(ABSENT),
-        receive_reset_skaddr: receive_reset.offset("skaddr", 8)?,
-        retransmit_skaddr: retransmit.offset("skaddr", 8)?,
-        retransmit_err: retransmit.optional("err", 4)?,
-        recv_sk: recv.optional("sk", 8)?,
-        recv_protocol: recv.optional("protocol", 2)?,
-        newtask_pid: newtask.offset("pid", 4)?,
-        newtask_comm: newtask.offset("comm", 16)?,
-        newtask_clone_flags: newtask.offset("clone_flags", 8)?,
-        exec_filename: exec.offset("filename", 4)?,
-        process_exit_group_dead: exit.optional("group_dead", 1)?,
-        exit_group_error_code: exit_group.optional("error_code", 8)?,
-    })
-}
-
-/// Whether TCP timeouts can be told apart on this kernel: Linux 6.10 gave resets a
-/// reason, and reports a socket's error after closing it.
-pub fn timeouts_supported(layout: &Layout) -> bool {
-    layout.send_reset_reason != ABSENT
-        && layout.keepalive_timeout_reason != ABSENT
-        && layout.error_error != ABSENT
 }
 
 #[cfg(test)]
@@ -272,11 +191,12 @@ print fmt: \"reason=%s\", __print_symbolic(REC->reason, { 0, \"NOT_SPECIFIED\" }
     fn this_kernels_formats_parse() {
         // Every kernel this runs on has tracefs at one of its paths once the tests set it up.
         let Some(tracefs) = find() else { panic!("tracefs is not mounted: run `cargo xtask setup` as root") };
-        let layout = layout(&tracefs).unwrap();
-        assert_ne!(layout.state_skaddr, layout.state_sport);
-        // 6.18: every optional field is there.
-        assert!(timeouts_supported(&layout));
-        assert_ne!(layout.process_exit_group_dead, ABSENT);
-        assert_ne!(layout.exit_group_error_code, ABSENT);
+        let plan = crate::hooks::Plan::probe(&tracefs).unwrap();
+        assert_ne!(plan.layout.state_skaddr, plan.layout.state_sport);
+        // 6.18: every hook and optional field is there.
+        assert_eq!(plan.gaps().count(), 0, "{plan:?}");
+        assert!(crate::hooks::timeouts_supported(&plan.layout));
+        assert_ne!(plan.layout.process_exit_group_dead, ABSENT);
+        assert_ne!(plan.layout.exit_group_error_code, ABSENT);
     }
 }

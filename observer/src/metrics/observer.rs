@@ -2,9 +2,10 @@
 //! and the defects of the observed proxy that it counts instead of trusting.
 
 use observer_common::{counter, kind};
-use prometheus::{IntCounter, IntCounterVec, IntGauge};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 
-use super::{Scope, counter_vec, int_counter, int_gauge};
+use super::{Scope, counter_vec, gauge_vec, int_counter, int_gauge};
+use crate::hooks::Plan;
 
 /// The kernel counters of maps that were full, with their `map` label.
 pub const FULL_MAPS: [(u32, &str); 2] =
@@ -26,6 +27,7 @@ pub struct ObserverMetrics {
     pub duplicate_starts: IntCounter,
     pub map_full: IntCounterVec,
     pub hooks_attached: IntGauge,
+    pub hook_available: IntGaugeVec,
     pub unmatched_ends: IntCounterVec,
     pub late_request_ends: IntCounter,
 }
@@ -39,6 +41,15 @@ impl ObserverMetrics {
     /// An end of kind `kind` whose start was not seen.
     pub fn unmatched(&self, kind: u32) {
         self.unmatched_ends.with_label_values(&[kind::NAMES[kind as usize]]).inc();
+    }
+
+    /// Which kernel hooks `plan` attached, and how.
+    pub fn hooks_available(&self, plan: &Plan) {
+        for (hook, via) in &plan.hooks {
+            let available = *via == crate::hooks::Via::Tracepoint;
+            self.hook_available.with_label_values(&[&hook.tracepoint()]).set(i64::from(available));
+        }
+        self.hooks_attached.set(plan.attached().count() as i64);
     }
 
     pub fn new(scope: &Scope) -> Self {
@@ -104,6 +115,12 @@ impl ObserverMetrics {
             hooks_attached: int_gauge(
                 "mcp_observer_kernel_hooks_attached",
                 "Kernel hooks (tracepoints on sockets and processes) attached",
+            ),
+            hook_available: gauge_vec(
+                scope,
+                "mcp_observer_kernel_hook_available",
+                "1 when the kernel hook is attached, 0 when this kernel lacks its tracepoint or the fields its program reads",
+                &["hook"],
             ),
             unmatched_ends: counter_vec(
                 scope,

@@ -3,7 +3,7 @@
 //! them) or by pid and executable; restarts, upgrades and the DaemonSet's capabilities.
 
 use std::{
-    os::unix::fs::PermissionsExt as _,
+    collections::BTreeSet,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -94,33 +94,6 @@ fn container_id() -> String {
     format!("{:08x}{:08x}", std::process::id(), n).repeat(4)
 }
 
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(purpose: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("mcp-observe-{purpose}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Scratch(dir)
-    }
-
-    /// A copy of the testbed binary at `relative`: a file (an inode) of its own.
-    fn copy_testbed(&self, relative: &str) -> PathBuf {
-        let path = self.0.join(relative);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::copy(testbed_bin(), &path).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Starts `mcp-observe agent` (optionally under `wrapper`) and waits until it is ready.
 fn start_agent(logs: &Path, wrapper: &[&str]) -> Running {
     let mut command = match wrapper.split_first() {
@@ -138,19 +111,50 @@ fn start_agent(logs: &Path, wrapper: &[&str]) -> Running {
     agent
 }
 
-/// Waits until the agent observes `targets` processes on `binaries` executable files.
-fn wait_for_targets(agent: &Running, targets: f64, binaries: f64) {
+/// What the agent's log says it observes of this test's own proxies, those whose
+/// executable lies under `scratch`: the pids observed and not gone, and how many of their
+/// executables have their probes attached (each with every probe). A proxy the test did
+/// not start (a leftover of an earlier run, anything else on the node) is not judged.
+fn observed(agent: &Running, scratch: &Scratch) -> (BTreeSet<u32>, usize) {
+    let ours = |path: &str| Path::new(path).starts_with(&scratch.0);
+    let (mut pids, mut binaries) = (BTreeSet::new(), 0);
+    for line in agent.stderr.lock().unwrap().iter() {
+        if let Some((_, rest)) = line.split_once("] observing pid ") {
+            let (pid, rest) = rest.split_once(" (").unwrap();
+            if ours(rest.rsplit_once(") as ").unwrap().0) {
+                pids.insert(pid.parse().unwrap());
+            }
+        } else if let Some((_, rest)) = line.split_once("] pid ")
+            && rest.ends_with(" is gone")
+        {
+            pids.remove(&rest.split_once(' ').unwrap().0.parse().unwrap());
+        } else if let Some((_, rest)) = line.split_once("] attached ")
+            && let Some((count, path)) = rest.split_once(" probes to ")
+            && ours(path)
+        {
+            assert_eq!(count.parse::<f64>().unwrap(), PROBES, "{line}");
+            binaries += 1;
+        } else if let Some((_, rest)) = line.split_once("] detaching the probes of ")
+            && ours(rest.split_once(": ").unwrap().0)
+        {
+            binaries -= 1;
+        }
+    }
+    (pids, binaries)
+}
+
+/// Waits until the agent observes exactly `targets` of this test's proxies, on `binaries`
+/// executable files.
+fn wait_for_targets(agent: &Running, scratch: &Scratch, targets: usize, binaries: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let m = scrape(agent);
-        let seen = ["mcp_observer_targets", "mcp_observer_binaries_attached", "mcp_observer_probes_attached"]
-            .map(|metric| value(&m, metric, &[]));
-        if seen == [targets, binaries, binaries * PROBES] {
+        let (pids, attached) = observed(agent, scratch);
+        if (pids.len(), attached) == (targets, binaries) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "waiting for {targets} targets on {binaries} executables, still {seen:?}; agent: {:?}",
+            "waiting for {targets} targets on {binaries} executables, still {pids:?} on {attached}; agent: {:?}",
             agent.stderr.lock().unwrap()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -179,7 +183,7 @@ fn the_agent_finds_labels_and_follows_every_proxy_on_the_node() {
     let (shop_proxy, shop_pid) = shop_container.start_proxy(&shop_bin);
     let (ops_proxy, _) = ops_container.start_proxy(&ops_bin);
     let agent = start_agent(&logs, &[]);
-    wait_for_targets(&agent, 2.0, 2.0);
+    wait_for_targets(&agent, &scratch, 2, 2);
     let shop_first = run_load(&shop_proxy, 150, 8, 1, 10);
     let ops_first = run_load(&ops_proxy, 120, 8, 2, 10);
     assert_workload_requests_match(&agent, &pod(shop), &shop_first);
@@ -188,11 +192,12 @@ fn the_agent_finds_labels_and_follows_every_proxy_on_the_node() {
     // A third proxy, outside Kubernetes, started after the agent: found at its exec.
     // Through `sh -c exec`: two execs of one process, the agent may see the second first.
     let started = Instant::now();
+    let plain_bin = scratch.copy_testbed("plain/mcp-testbed");
     let mut command = Command::new("sh");
-    command.args(["-c", r#"exec "$0" proxy --listen 127.0.0.1:0"#]).arg(testbed_bin());
+    command.args(["-c", r#"exec "$0" proxy --listen 127.0.0.1:0"#]).arg(&plain_bin);
     let plain = Running::spawn(command, " serving ");
     let plain_pid = plain.pid().to_string();
-    let exe = testbed_bin().display().to_string();
+    let exe = plain_bin.display().to_string();
     let plain_labels = [("pid", plain_pid.as_str()), ("exe", exe.as_str())];
     scrape_until(&agent, "the third proxy observed", |m| {
         m.samples
@@ -202,7 +207,7 @@ fn the_agent_finds_labels_and_follows_every_proxy_on_the_node() {
     let found_after = started.elapsed();
     eprintln!("the third proxy was observed {found_after:?} after it announced its address");
     assert!(found_after < Duration::from_secs(2), "found after {found_after:?}");
-    wait_for_targets(&agent, 3.0, 3.0);
+    wait_for_targets(&agent, &scratch, 3, 3);
     let plain_truth = run_load(&plain, 100, 4, 3, 10);
     assert_workload_requests_match(&agent, &plain_labels, &plain_truth);
     let churned = format!("pid {} (", plain.pid());
@@ -219,11 +224,11 @@ fn the_agent_finds_labels_and_follows_every_proxy_on_the_node() {
     scrape_until(&agent, "a connection held open", |m| inbound_active(m) == 1.0);
     // SAFETY: killing the proxy this test started.
     assert_eq!(unsafe { libc::kill(shop_pid as i32, libc::SIGKILL) }, 0);
-    wait_for_targets(&agent, 2.0, 2.0);
+    wait_for_targets(&agent, &scratch, 2, 2);
     drop(shop_proxy);
     let restarted = Container::new(&logs, shop, shop_uid, Layout::SystemdContainerd);
     let (shop_proxy, _) = restarted.start_proxy(&shop_bin);
-    wait_for_targets(&agent, 3.0, 3.0);
+    wait_for_targets(&agent, &scratch, 3, 3);
     let shop_second = run_load(&shop_proxy, 80, 8, 4, 10);
     assert_workload_requests_match(&agent, &pod(shop), &merge(&[shop_first, shop_second]));
     let metrics = scrape(&agent);
@@ -241,21 +246,21 @@ fn the_agent_finds_labels_and_follows_every_proxy_on_the_node() {
     let canary = ["ops", "gateway-0", "mcp-canary"];
     let canary_container = Container::new(&logs, canary, ops_uid, Layout::CgroupfsCrio);
     let (canary_proxy, _) = canary_container.start_proxy(&ops_bin);
-    wait_for_targets(&agent, 4.0, 4.0);
+    wait_for_targets(&agent, &scratch, 4, 4);
     let ops_second = run_load(&ops_proxy, 60, 4, 5, 10);
     let canary_truth = run_load(&canary_proxy, 70, 4, 6, 10);
     assert_workload_requests_match(&agent, &pod(ops), &merge(&[ops_first, ops_second]));
     assert_workload_requests_match(&agent, &pod(canary), &canary_truth);
     // The old file loses its probes with its last process; the new one keeps them.
     drop(ops_proxy);
-    wait_for_targets(&agent, 3.0, 3.0);
+    wait_for_targets(&agent, &scratch, 3, 3);
     let canary_more = run_load(&canary_proxy, 30, 4, 7, 10);
     assert_workload_requests_match(&agent, &pod(canary), &merge(&[canary_truth, canary_more]));
     let metrics = scrape(&agent);
     assert_eq!(value(&metrics, "mcp_observer_events_lost_total", &[]), 0.0, "execs and exits included");
     assert_eq!(value(&metrics, "mcp_observer_decode_errors_total", &[]), 0.0);
     drop((canary_proxy, shop_proxy, plain));
-    wait_for_targets(&agent, 0.0, 0.0);
+    wait_for_targets(&agent, &scratch, 0, 0);
 }
 
 /// The capabilities the DaemonSet grants (k8s/base/daemonset.yaml, `capabilities.add`).
@@ -273,12 +278,6 @@ fn daemonset_capabilities() -> Vec<String> {
         .collect();
     assert!(!caps.is_empty(), "no capabilities read from {}", manifest.display());
     caps
-}
-
-/// `setpriv` keeping only `caps` (kernel names, e.g. `SYS_PTRACE`) for a root process.
-fn with_only(caps: &[String]) -> Vec<String> {
-    let kept: Vec<String> = caps.iter().map(|c| format!("+{}", c.to_lowercase())).collect();
-    vec!["setpriv".into(), format!("--bounding-set=-all,{}", kept.join(",")), "--".into()]
 }
 
 #[test]
@@ -300,10 +299,7 @@ fn the_agent_works_with_the_daemonsets_capabilities_and_names_each_one_missing()
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let agent = start_agent(&logs, &wrapper);
     let labels = [("pid", pid.as_str())];
-    scrape_until(&agent, "the other user's proxy observed", |m| {
-        value(m, "mcp_observer_targets", &[]) == 1.0
-            && value(m, "mcp_observer_probes_attached", &[]) == PROBES
-    });
+    wait_for_targets(&agent, &scratch, 1, 1);
     // Its listening port was read from its /proc/PID/fd at attach: inbound connections count.
     hold_connections(&proxy.addr, 3, Duration::from_millis(50));
     let inbound = [("pid", pid.as_str()), ("direction", "inbound")];
@@ -371,12 +367,12 @@ fn two_containers_of_one_image_count_each_hit_once() {
     assert_ne!(a.dev(), b.dev(), "two overlay mounts, two devices");
     let (first, second) = (start_proxy(&first_bin), start_proxy(&second_bin));
     let agent = start_agent(&logs, &[]);
-    wait_for_targets(&agent, 2.0, 2.0);
+    wait_for_targets(&agent, &scratch, 2, 2);
     let first_truth = run_load(&first, 120, 4, 9, 10);
     let second_truth = run_load(&second, 90, 4, 10, 10);
     let (first_pid, second_pid) = (first.pid().to_string(), second.pid().to_string());
     assert_workload_requests_match(&agent, &[("pid", &first_pid)], &first_truth);
     assert_workload_requests_match(&agent, &[("pid", &second_pid)], &second_truth);
     drop((first, second));
-    wait_for_targets(&agent, 0.0, 0.0);
+    wait_for_targets(&agent, &scratch, 0, 0);
 }

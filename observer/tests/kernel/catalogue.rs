@@ -338,14 +338,22 @@ fn requests_in_flight_of_a_proxy_that_dies_are_counted_as_timeouts() {
     proxy.signal(libc::SIGKILL);
     assert!(caller.join().unwrap().is_err(), "the killed proxy cannot have answered");
     let timeout = [("status", "timeout"), ("method", ""), ("tool", "")];
-    let metrics = scrape_until(&observer, "the dead proxy's request counted", |m| {
+    // One refresh counts the request and then returns the gauges to rest: a scrape may
+    // fall between the two, so the whole state is awaited.
+    let metrics = scrape_until(&observer, "the dead proxy's request counted, the gauges at rest", |m| {
         value(m, "mcp_proxy_requests_total", &timeout) == 1.0
+            && value(m, "mcp_proxy_requests_in_flight", &[]) == 0.0
+            && value(m, "mcp_proxy_request_oldest_in_flight_seconds", &[]) == 0.0
+            && value(m, "mcp_observer_targets", &[]) == 0.0
+            // Its backend died with it.
+            && value(m, "mcp_proxy_backends_connected", &[]) == 0.0
+            && value(m, "mcp_proxy_sessions_active", &[]) == 0.0
     });
-    assert_eq!(value(&metrics, "mcp_proxy_requests_in_flight", &[]), 0.0);
-    assert_eq!(value(&metrics, "mcp_proxy_request_oldest_in_flight_seconds", &[]), 0.0);
-    assert_eq!(value(&metrics, "mcp_observer_targets", &[]), 0.0);
-    assert_eq!(value(&metrics, "mcp_proxy_backends_connected", &[]), 0.0, "its backend died with it");
-    assert_eq!(value(&metrics, "mcp_proxy_sessions_active", &[]), 0.0);
+    assert_eq!(
+        value(&metrics, "mcp_proxy_requests_total", &[("status", "timeout")]),
+        1.0,
+        "no other timeout"
+    );
 }
 
 /// Sessions the proxy expires after inactivity and closes at shutdown. This test opens

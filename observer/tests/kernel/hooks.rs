@@ -33,13 +33,13 @@ const OUTBOUND: (&str, &str) = ("direction", "outbound");
 
 /// A TCP listener of the test's own (not in any proxy's tree): reads each connection to
 /// its end, then closes it.
-struct Sink {
-    addr: String,
+pub struct Sink {
+    pub addr: String,
     accepted: Arc<AtomicUsize>,
 }
 
 impl Sink {
-    fn start() -> Sink {
+    pub fn start() -> Sink {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -55,10 +55,15 @@ impl Sink {
         });
         Sink { addr, accepted }
     }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
 }
 
 /// One `tools/call` through the testbed's client, whose reply must be JSON-RPC.
-fn call(proxy: &Running, tool: &str, arguments: serde_json::Value) -> serde_json::Value {
+pub fn call(proxy: &Running, tool: &str, arguments: serde_json::Value) -> serde_json::Value {
     let url = format!("http://{}/mcp", proxy.addr);
     testbed_client(&[&["call", "--url", &url, "--tool", tool, "--args", &arguments.to_string()]])
 }
@@ -128,15 +133,11 @@ fn tcp_connections_of_the_proxy_tree_are_exact_and_nothing_else_counts() {
     assert_eq!(value(&metrics, "mcp_observer_unmatched_ends_total", &[("kind", "tcp_close")]), 0.0);
 }
 
-#[test]
-fn a_listener_on_the_proxys_port_in_another_namespace_is_not_the_proxys() {
-    let _serial = kernel_test();
-    let proxy = start_proxy(&testbed_bin());
-    let observer = start_observer(&[proxy.pid()], &[]);
-    let port = proxy.addr.rsplit_once(':').unwrap().1;
-    // An unrelated server on the very same address and port, in another network namespace
-    // (another pod on the node), with three clients of its own.
-    let netns = Netns::new("sameport");
+/// An unrelated server on 127.0.0.1:`port` in a network namespace of its own (another pod
+/// on the node), which has accepted, read and closed three connections of its own clients
+/// when this returns.
+pub fn same_port_in_another_namespace(port: &str, purpose: &str) -> Netns {
+    let netns = Netns::new(purpose);
     let script = format!(
         "import socket
 listener = socket.socket(); listener.bind(('127.0.0.1', {port})); listener.listen(8)
@@ -148,8 +149,20 @@ print('done', flush=True)"
     );
     let mut unrelated = netns.command("python3");
     unrelated.args(["-c", &script]);
-    let (_unrelated, said) = Client::spawn(unrelated);
+    let (_done, said) = Client::spawn(unrelated);
     assert_eq!(said, "done");
+    netns
+}
+
+#[test]
+fn a_listener_on_the_proxys_port_in_another_namespace_is_not_the_proxys() {
+    let _serial = kernel_test();
+    let proxy = start_proxy(&testbed_bin());
+    let observer = start_observer(&[proxy.pid()], &[]);
+    let port = proxy.addr.rsplit_once(':').unwrap().1;
+    // An unrelated server on the very same address and port, in another network namespace
+    // (another pod on the node), with three clients of its own.
+    let _unrelated = same_port_in_another_namespace(port, "sameport");
     // The proxy's own: one held open (counted once the proxy reads it, before any data
     // comes), two opened and closed.
     let held = TcpStream::connect(&proxy.addr).unwrap();
@@ -453,7 +466,7 @@ fn tracefs_is_mounted_when_absent_and_named_when_it_cannot_be() {
     let (code, stdout, stderr) = observe_once(&["--pid", &pid, "--check"], &unmounted);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("mounted tracefs at /sys/kernel/tracing"), "{stderr}");
-    assert!(stdout.contains("10 tracepoints attached"), "{stdout}");
+    assert!(stdout.contains("kernel hooks: 10 attached"), "{stdout}");
 
     let without_sys_admin = [&unmounted[..], &["setpriv", "--bounding-set", "-sys_admin", "--"]].concat();
     // Kernel-only: creating uprobes takes CAP_SYS_ADMIN too.

@@ -5,6 +5,8 @@
 mod agent;
 mod catalogue;
 mod hooks;
+mod kernels;
+mod leftovers;
 mod prometheus;
 mod support;
 mod top;

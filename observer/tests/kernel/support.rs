@@ -127,8 +127,13 @@ pub fn start_proxy_with(binary: &Path, extra: &[&str]) -> Running {
 
 /// Starts mcp-observe on `pids` and waits until /readyz answers 200.
 pub fn start_observer(pids: &[u32], extra: &[&str]) -> Running {
+    start_observer_env(pids, extra, &[])
+}
+
+/// [`start_observer`] with environment variables.
+pub fn start_observer_env(pids: &[u32], extra: &[&str], env: &[(&str, &str)]) -> Running {
     let mut command = Command::new(observer_bin());
-    command.args(["--listen", "127.0.0.1:0"]).args(extra).env("RUST_LOG", "info");
+    command.args(["--listen", "127.0.0.1:0"]).args(extra).env("RUST_LOG", "info").envs(env.iter().copied());
     for pid in pids {
         command.args(["--pid", &pid.to_string()]);
     }
@@ -430,6 +435,15 @@ pub fn scrape_until_for(
 
 /// Runs `mcp-observe ARGS` to completion: (exit code, stdout, stderr).
 pub fn observe_once(args: &[&str], wrapper: &[&str]) -> (i32, String, String) {
+    observe_once_in(args, wrapper, &[])
+}
+
+/// [`observe_once`] with environment variables.
+pub fn observe_once_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    observe_once_in(args, &[], env)
+}
+
+fn observe_once_in(args: &[&str], wrapper: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut command = match wrapper.split_first() {
         Some((program, rest)) => {
             let mut c = Command::new(program);
@@ -438,7 +452,12 @@ pub fn observe_once(args: &[&str], wrapper: &[&str]) -> (i32, String, String) {
         }
         None => Command::new(observer_bin()),
     };
-    let output = command.args(args).env_remove("RUST_LOG").output().expect("run mcp-observe");
+    let output = command
+        .args(args)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run mcp-observe");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -512,5 +531,38 @@ impl Drop for Client {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `setpriv` keeping only `caps` (kernel names, e.g. `SYS_PTRACE`) for a root process.
+pub fn with_only(caps: &[String]) -> Vec<String> {
+    let kept: Vec<String> = caps.iter().map(|c| format!("+{}", c.to_lowercase())).collect();
+    vec!["setpriv".into(), format!("--bounding-set=-all,{}", kept.join(",")), "--".into()]
+}
+
+/// A scratch directory, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(purpose: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("mcp-observe-{purpose}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        Scratch(dir)
+    }
+
+    /// A copy of the testbed binary at `relative`: a file (an inode) of its own.
+    pub fn copy_testbed(&self, relative: &str) -> PathBuf {
+        let path = self.0.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::copy(testbed_bin(), &path).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
