@@ -5,6 +5,7 @@
 mod demo;
 mod manifests;
 mod setup;
+mod vm;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -30,6 +31,9 @@ enum Task {
     /// Set up, then run formatting, lints and every test (the kernel tests need root), and
     /// a smoke run of the benchmarks.
     Test,
+    /// Build, then boot Debian's 6.1 and 6.12 kernels under QEMU and run the kernel tests
+    /// of `kernels::on_every_kernel` in each (root; part of `test`).
+    Vm,
     /// Set up, build, and run every benchmark (about 16 minutes; root).
     Bench {
         /// A smoke run: every suite with windows too short for figures worth quoting.
@@ -47,8 +51,31 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test => {
             setup::run()?;
-            test()?;
-            bench(true)
+            let (passed, failed) = test()?;
+            let host = vm::Outcome { suite: "this host", release: host_release(), passed, failed };
+            // After the host tests, never beside them: the VMs take both cores.
+            let outcomes: Vec<_> = std::iter::once(host).chain(vm::run(&std::env::current_dir()?)?).collect();
+            bench(true)?;
+            let (passed, failed) = outcomes.iter().fold((0, 0), |(p, f), o| (p + o.passed, f + o.failed));
+            let per_kernel: Vec<String> = outcomes
+                .iter()
+                .map(|o| format!("{} ({}): {} passed, {} failed", o.release, o.suite, o.passed, o.failed))
+                .collect();
+            println!("tests: {passed} passed, {failed} failed; {}", per_kernel.join("; "));
+            if failed > 0 {
+                bail!("{failed} tests failed");
+            }
+            Ok(())
+        }
+        Task::Vm => {
+            setup::run()?;
+            cargo(&["build", "--release"])?;
+            let outcomes = vm::run(&std::env::current_dir()?)?;
+            let failed: u64 = outcomes.iter().map(|o| o.failed).sum();
+            if failed > 0 {
+                bail!("{failed} tests failed in the VMs");
+            }
+            Ok(())
         }
         Task::Bench { quick } => {
             setup::run()?;
@@ -82,7 +109,9 @@ fn bench(quick: bool) -> anyhow::Result<()> {
     exec(&mut command)
 }
 
-fn test() -> anyhow::Result<()> {
+/// Formatting, lints, the rules, the manifests, then every test on this kernel: the
+/// passed and failed counts over every test binary.
+fn test() -> anyhow::Result<(u64, u64)> {
     cargo(&["fmt", "--all", "--check"])?;
     cargo(&["clippy", "--release", "--all-targets", "--", "-D", "warnings"])?;
     // The eBPF crate under its own target and toolchain, as observer/build.rs builds it.
@@ -108,9 +137,9 @@ fn test() -> anyhow::Result<()> {
     cargo_test(&["test", "--release", "--", "--test-threads=1"])
 }
 
-/// Runs `cargo test`, echoing its output, and closes with the totals over every test
-/// binary: cargo's own last line is that of the last (often empty) doc-test target.
-fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
+/// Runs `cargo test`, echoing its output, and returns the totals over every test binary:
+/// cargo's own last line is that of the last (often empty) doc-test target.
+fn cargo_test(args: &[&str]) -> anyhow::Result<(u64, u64)> {
     eprintln!("xtask: running cargo {}", args.join(" "));
     let mut child =
         Command::new("cargo").args(args).stdout(Stdio::piped()).spawn().context("starting cargo test")?;
@@ -129,11 +158,18 @@ fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
         }
     }
     let status = child.wait()?;
-    println!("tests: {passed} passed, {failed} failed");
     if !status.success() {
+        println!("tests: {passed} passed, {failed} failed");
         bail!("cargo {} failed: {status}", args.join(" "));
     }
-    Ok(())
+    eprintln!("xtask: {passed} passed, {failed} failed on this kernel");
+    Ok((passed, failed))
+}
+
+/// This host's kernel release, as `uname -r` prints it.
+fn host_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".into(), |r| r.trim().into())
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {

@@ -10,8 +10,9 @@ use crate::{exec, manifests::PYTHON_PACKAGES};
 /// The LLVM that bpf-linker links against, bpftool, capsh and strip for the tests, and
 /// for the kernel-hook tests: network namespaces, nftables, sysctl and pkill, setpriv and
 /// unshare, the system Python that plays a proxy without probes, Prometheus (with
-/// promtool) for the rules' unit tests and the PromQL test, and tmux to drive `top`.
-const APT_PACKAGES: [&str; 12] = [
+/// promtool) for the rules' unit tests and the PromQL test, tmux to drive `top`, and for
+/// the VM stage QEMU, busybox and cpio (its initramfs).
+const APT_PACKAGES: [&str; 15] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "bpftool",
@@ -24,6 +25,9 @@ const APT_PACKAGES: [&str; 12] = [
     "python3",
     "prometheus",
     "tmux",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -41,7 +45,7 @@ fn succeeds(program: &str, args: &[&str]) -> bool {
     Command::new(program).args(args).output().is_ok_and(|o| o.status.success())
 }
 
-fn output(program: &str, args: &[&str]) -> String {
+pub fn output(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()

@@ -1,0 +1,363 @@
+//! The VM stage: Debian's own kernel packages, booted under QEMU (software emulation:
+//! `/dev/kvm` here cannot boot stock kernels, and no network device) on an initramfs made
+//! of the release binaries, the kernel test suite's binary, their libraries and busybox,
+//! each at its host path. Inside each VM, as root, the kernel tests of
+//! `observer/tests/kernel/kernels.rs`'s `on_every_kernel` module run against that kernel;
+//! their output comes back on a second serial port.
+//!
+//! Kernels are fetched once through an apt state of our own (sources, lists and archives
+//! under the cache; never the host's `/etc/apt`) into `${XDG_CACHE_HOME:-~/.cache}/mcp-observe`,
+//! outside the work tree, so that CI's fresh clone finds them.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::exec;
+
+/// The Debian suites whose `linux-image-amd64` is booted: 6.1, the LTS line many node
+/// images run, and 6.12.
+pub const SUITES: [&str; 2] = ["bookworm", "trixie"];
+
+/// The tests run in each VM: libtest's filter, a module of the kernel tests.
+const TESTS: &str = "kernels::on_every_kernel::";
+
+/// A VM that has not powered off by then is killed and counted as failed.
+const LIMIT: Duration = Duration::from_secs(600);
+
+/// One kernel's outcome.
+pub struct Outcome {
+    pub suite: &'static str,
+    pub release: String,
+    pub passed: u64,
+    pub failed: u64,
+}
+
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/mcp-observe`.
+fn cache() -> anyhow::Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),
+    };
+    Ok(base.join("mcp-observe"))
+}
+
+/// The private apt state's options.
+fn apt_options(root: &Path) -> Vec<String> {
+    let at = |p: &str| root.join(p).display().to_string();
+    [
+        ("Dir::Etc::SourceList", at("sources.list")),
+        ("Dir::Etc::SourceParts", at("sources.list.d")),
+        ("Dir::State::Lists", at("lists")),
+        ("Dir::State::Status", at("status")),
+        ("Dir::Cache", at("cache")),
+        ("APT::Architecture", "amd64".into()),
+        ("APT::Sandbox::User", "root".into()),
+        ("Acquire::Languages", "none".into()),
+    ]
+    .into_iter()
+    .flat_map(|(key, value)| ["-o".to_string(), format!("{key}={value}")])
+    .collect()
+}
+
+/// A fetched kernel: its release and image.
+struct Kernel {
+    release: String,
+    vmlinuz: PathBuf,
+}
+
+/// The kernel of `suite`, fetched and unpacked once.
+fn fetch(suite: &str) -> anyhow::Result<Kernel> {
+    let dir = cache()?.join("kernels").join(suite);
+    if let Some(found) = unpacked(&dir)? {
+        return Ok(found);
+    }
+    let apt = cache()?.join("apt");
+    for sub in ["sources.list.d", "lists/partial", "cache/archives/partial"] {
+        std::fs::create_dir_all(apt.join(sub))?;
+    }
+    let _ = std::fs::File::create_new(apt.join("status"));
+    let sources: String = SUITES
+        .iter()
+        .map(|suite| {
+            format!(
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian {suite} main\n"
+            )
+        })
+        .collect();
+    std::fs::write(apt.join("sources.list"), sources)?;
+    let options = apt_options(&apt);
+    exec(Command::new("apt-get").args(&options).arg("update"))?;
+    // The metapackage depends on the versioned image package, which holds vmlinuz.
+    let shown = Command::new("apt-cache")
+        .args(&options)
+        .args(["show", &format!("linux-image-amd64/{suite}")])
+        .output()?;
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    let image = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("Depends: "))
+        .into_iter()
+        .flat_map(|d| d.split(','))
+        .map(|d| d.split(['(', '|']).next().unwrap_or_default().trim())
+        .find(|d| d.starts_with("linux-image-") && !d.ends_with("-unsigned"))
+        .with_context(|| {
+            format!("no linux-image-amd64 in Debian {suite} in the apt lists under {}", apt.display())
+        })?
+        .to_string();
+    let debs = dir.join("debs");
+    std::fs::create_dir_all(&debs)?;
+    exec(
+        Command::new("apt-get")
+            .current_dir(&debs)
+            .args(&options)
+            .args(["download", &format!("{image}/{suite}")]),
+    )?;
+    let root = dir.join("root");
+    for deb in std::fs::read_dir(&debs)? {
+        exec(Command::new("dpkg-deb").arg("-x").arg(deb?.path()).arg(&root))?;
+    }
+    std::fs::remove_dir_all(&debs)?;
+    // Only the image is booted; its modules are not needed.
+    let _ = std::fs::remove_dir_all(root.join("lib/modules"));
+    let _ = std::fs::remove_dir_all(root.join("usr/lib/modules"));
+    unpacked(&dir)?.with_context(|| format!("{} holds no boot/vmlinuz-*", root.display()))
+}
+
+fn unpacked(dir: &Path) -> anyhow::Result<Option<Kernel>> {
+    let Ok(boot) = std::fs::read_dir(dir.join("root/boot")) else { return Ok(None) };
+    for entry in boot {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        if let Some(release) = name.strip_prefix("vmlinuz-") {
+            return Ok(Some(Kernel { release: release.to_string(), vmlinuz: path }));
+        }
+    }
+    Ok(None)
+}
+
+/// `files` and the libraries `ldd` says they load.
+fn with_libraries(files: &[PathBuf]) -> anyhow::Result<BTreeSet<PathBuf>> {
+    let mut all = BTreeSet::new();
+    for file in files {
+        all.insert(file.clone());
+        let ldd = Command::new("ldd").arg(file).output()?;
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or `/lib64/ld-linux-x86-64.so.2 (0x…)`
+            let path =
+                line.split("=>").last().unwrap_or_default().split_whitespace().next().unwrap_or_default();
+            if path.starts_with('/') {
+                all.insert(PathBuf::from(path));
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// Copies `from` to the same path below `root`, and to where its links lead (a library
+/// is loaded by the name `ldd` printed, a link on the host).
+fn place(root: &Path, from: &Path) -> anyhow::Result<()> {
+    let real = std::fs::canonicalize(from).with_context(|| format!("{} is missing", from.display()))?;
+    for path in [from, &real] {
+        let to = root.join(path.strip_prefix("/")?);
+        std::fs::create_dir_all(to.parent().unwrap())?;
+        if std::fs::symlink_metadata(&to).is_err() {
+            std::fs::copy(&real, &to)
+                .with_context(|| format!("copying {} to {}", real.display(), to.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The initramfs: `binaries` and their libraries at their host paths, busybox for the
+/// rest, and `init`; written to `out`.
+fn initramfs(
+    binaries: &[PathBuf],
+    workdir: &Path,
+    staging: &Path,
+    out: &Path,
+    init: &str,
+) -> anyhow::Result<()> {
+    if staging.exists() {
+        std::fs::remove_dir_all(staging)?;
+    }
+    for dir in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "etc", "root"] {
+        std::fs::create_dir_all(staging.join(dir))?;
+    }
+    std::fs::create_dir_all(staging.join(workdir.strip_prefix("/")?))?;
+    for file in with_libraries(binaries)? {
+        place(staging, &file)?;
+    }
+    // busybox is static: no libraries.
+    std::fs::copy("/usr/bin/busybox", staging.join("bin/busybox"))
+        .context("copying /usr/bin/busybox: run `cargo xtask setup`")?;
+    for applet in crate::setup::output("/usr/bin/busybox", &["--list"]).lines().filter(|a| !a.is_empty()) {
+        let at = staging.join("bin").join(applet);
+        if std::fs::symlink_metadata(&at).is_err() {
+            std::os::unix::fs::symlink("busybox", &at)
+                .with_context(|| format!("linking {}", at.display()))?;
+        }
+    }
+    std::fs::write(staging.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    std::fs::write(staging.join("etc/group"), "root:x:0:\n")?;
+    std::fs::write(staging.join("etc/hosts"), "127.0.0.1 localhost\n::1 localhost\n")?;
+    let init_path = staging.join("init");
+    std::fs::write(&init_path, init)?;
+    std::fs::set_permissions(&init_path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let archived = Command::new("sh")
+        .current_dir(staging)
+        .arg("-c")
+        .arg(format!("find . | cpio -o -H newc --quiet > '{}'", out.display()))
+        .status()?;
+    if !archived.success() {
+        bail!("cpio of {} failed", staging.display());
+    }
+    std::fs::remove_dir_all(staging)?;
+    Ok(())
+}
+
+/// What the VM runs as `/init`: the tests, their output on the second serial port, then
+/// power off.
+fn init_script(workdir: &Path, tests_binary: &Path) -> String {
+    format!(
+        r#"#!/bin/busybox sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+mount -t tracefs tracefs /sys/kernel/tracing
+ip link set lo up
+{{
+  echo "kernel $(uname -r)"
+  cd {workdir} && {tests} --test-threads=1 --show-output {TESTS} 2>&1
+  echo "exit status $?"
+}} > /dev/ttyS1
+poweroff -f
+"#,
+        workdir = workdir.display(),
+        tests = tests_binary.display(),
+    )
+}
+
+/// Boots `kernel` on `initrd` and returns what the VM wrote to its second serial port.
+fn boot(kernel: &Kernel, initrd: &Path, console: &Path, results: &Path) -> anyhow::Result<String> {
+    let _ = std::fs::remove_file(results);
+    let started = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "2G", "-nic", "none"])
+        .args(["-display", "none", "-no-reboot", "-monitor", "none"])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=4"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", results.display()))
+        .spawn()
+        .context("starting qemu-system-x86_64 (Debian's qemu-system-x86): run `cargo xtask setup`")?;
+    while child.try_wait()?.is_none() {
+        if started.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("Linux {} did not power off within {LIMIT:?}", kernel.release);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(std::fs::read_to_string(results).unwrap_or_default())
+}
+
+/// The kernel tests' binary, as `cargo test --no-run` built it.
+fn tests_binary() -> anyhow::Result<PathBuf> {
+    let output = Command::new("cargo")
+        .args(["test", "--release", "--no-run", "--package", "observer", "--test", "kernel"])
+        .arg("--message-format=json")
+        .output()?;
+    if !output.status.success() {
+        bail!("building the kernel tests failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["target"]["name"] == "kernel")
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .context("cargo test --no-run named no kernel test executable")
+}
+
+/// Every kernel of [`SUITES`] in turn, on the release build of `workspace`, whatever an
+/// earlier one did; each reported on its own line, with its console log printed when it
+/// failed.
+pub fn run(workspace: &Path) -> anyhow::Result<Vec<Outcome>> {
+    let tests = tests_binary()?;
+    let binaries = [
+        workspace.join("target/release/mcp-observe"),
+        workspace.join("target/release/mcp-testbed"),
+        tests.clone(),
+    ];
+    let scratch = workspace.join("target/vm");
+    std::fs::create_dir_all(&scratch)?;
+    let workdir = workspace.join("observer");
+    let initrd = scratch.join("initramfs.cpio");
+    initramfs(&binaries, &workdir, &scratch.join("staging"), &initrd, &init_script(&workdir, &tests))?;
+    let mut outcomes = Vec::new();
+    for suite in SUITES {
+        let kernel = fetch(suite)?;
+        let console = scratch.join(format!("{suite}.console.log"));
+        let results = scratch.join(format!("{suite}.results.log"));
+        let started = Instant::now();
+        eprintln!("xtask: booting Debian {suite}'s Linux {} under QEMU (TCG)", kernel.release);
+        let output = boot(&kernel, &initrd, &console, &results).unwrap_or_else(|e| format!("{e:#}"));
+        println!("{output}");
+        let (passed, failed) = judge(&output);
+        if failed > 0 {
+            let log = std::fs::read_to_string(&console).unwrap_or_default();
+            println!("Linux {}'s console ({}):\n{log}", kernel.release, console.display());
+        }
+        eprintln!(
+            "xtask: Linux {} (Debian {suite}): {passed} passed, {failed} failed in {:.0} s",
+            kernel.release,
+            started.elapsed().as_secs_f64()
+        );
+        outcomes.push(Outcome { suite, release: kernel.release, passed, failed });
+    }
+    Ok(outcomes)
+}
+
+/// Passed and failed tests in one VM's output: every test libtest said it would run must
+/// have passed, and the run must have ended with status 0; a VM that never got that far
+/// counts as one failure at least.
+fn judge(output: &str) -> (u64, u64) {
+    let ran = |verdict: &str| {
+        output.lines().filter(|l| l.starts_with("test ") && l.ends_with(verdict)).count() as u64
+    };
+    let (passed, failed) = (ran(" ... ok"), ran(" ... FAILED"));
+    let announced = output
+        .lines()
+        .find_map(|l| l.strip_prefix("running ")?.strip_suffix(" tests")?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let complete = announced > 0 && passed == announced && output.contains("exit status 0");
+    if complete { (passed, 0) } else { (passed, announced.saturating_sub(passed).max(failed).max(1)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::judge;
+
+    #[test]
+    fn a_vm_passes_only_when_every_announced_test_did() {
+        let good = "kernel 6.1\nrunning 2 tests\ntest a ... ok\ntest b ... ok\nexit status 0\n";
+        assert_eq!(judge(good), (2, 0));
+        assert_eq!(judge("running 2 tests\ntest a ... ok\ntest b ... FAILED\nexit status 101\n"), (1, 1));
+        assert_eq!(judge("running 2 tests\ntest a ... ok\n"), (1, 1), "cut short");
+        assert_eq!(judge("Linux 6.1 did not power off within 600s"), (0, 1));
+        assert_eq!(judge("running 0 tests\nexit status 0\n"), (0, 1), "a filter that matched nothing");
+    }
+}
