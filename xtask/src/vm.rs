@@ -222,7 +222,8 @@ fn initramfs(
 }
 
 /// What the VM runs as `/init`: the tests, their output on the second serial port, then
-/// power off.
+/// power off. The initramfs is itself a writable tmpfs: nothing is mounted over `/tmp`,
+/// where the workspace may lie (CI clones it there).
 fn init_script(workdir: &Path, tests_binary: &Path) -> String {
     format!(
         r#"#!/bin/busybox sh
@@ -230,8 +231,6 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-mount -t tmpfs tmp /tmp
-mount -t tmpfs run /run
 mount -t tracefs tracefs /sys/kernel/tracing
 ip link set lo up
 {{
