@@ -9,8 +9,17 @@
 //! through the `.note.mcp_probes` ELF note section that this crate emits: one note per
 //! probe holding its link-time address and name.
 //!
+//! # Guards
+//!
+//! With the `std` feature (on by default), [`Request`], [`ClientSession`] and
+//! [`BackendConnection`] are the easy way to wire the probes correctly: each allocates its
+//! own id, fires its start probe when made and its end probe exactly once — when the proxy
+//! says how it ended, or on drop (a future dropped by a timeout or a client that went
+//! away) with a stated default. The functions below are the raw API they are built on.
+//!
 //! # Features
 //!
+//! - `std` (on by default): the guards. Without it the crate is `no_std`.
 //! - `disabled` (off by default): the safe wrappers ([`request_start`], [`request_end`],
 //!   … every `pub fn` of this crate) do nothing and call no probe, so a benchmark can
 //!   compare a proxy built with its probe calls against the same proxy without them.
@@ -18,7 +27,12 @@
 //!   functions and the `.note.mcp_probes` ELF note stay.
 #![no_std]
 
+#[cfg(feature = "std")]
+mod guards;
 mod raw;
+
+#[cfg(feature = "std")]
+pub use guards::{BackendConnection, ClientSession, Request};
 
 pub use raw::{
     mcp_probe_acl_decision, mcp_probe_auth_failure, mcp_probe_backend_connect_end,

@@ -1,7 +1,7 @@
 //! The proxy's JSON-RPC methods: `initialize` (opens a session), `ping`, `tools/list` over
 //! every configured backend, and `tools/call` routed by `<server>__<tool>` through the ACL.
 
-use mcp_probes::{Decision, Status};
+use mcp_probes::{Decision, Request, Status};
 use serde_json::{Value, json};
 
 use crate::{
@@ -18,11 +18,9 @@ pub fn acl_allows(identity: &str, name: &str) -> bool {
     identity != "guest" || GUEST_TOOLS.contains(&name)
 }
 
-/// What a request resolved to: the reply and its probe labels.
+/// What a request resolved to: the reply and its status (its route is on the request).
 pub struct Outcome {
     pub body: Value,
-    pub server: String,
-    pub tool: String,
     pub status: Status,
     /// A new `Mcp-Session-Id` to send back.
     pub session: Option<String>,
@@ -30,12 +28,19 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn reply(body: Value, status: Status) -> Self {
-        Self { body, server: String::new(), tool: String::new(), status, session: None }
+        Self { body, status, session: None }
     }
 }
 
 impl Proxy {
-    pub async fn dispatch(&self, id: &Value, method: &str, identity: &str, message: &Value) -> Outcome {
+    pub async fn dispatch(
+        &self,
+        request: &mut Request,
+        id: &Value,
+        method: &str,
+        identity: &str,
+        message: &Value,
+    ) -> Outcome {
         let params = message.get("params").cloned().unwrap_or(Value::Null);
         match method {
             "initialize" => {
@@ -51,7 +56,7 @@ impl Proxy {
             }
             "ping" => Outcome::reply(jsonrpc::result(id, json!({})), Status::Ok),
             "tools/list" => self.list_tools(id).await,
-            "tools/call" => self.call_tool(id, identity, &params).await,
+            "tools/call" => self.call_tool(request, id, identity, &params).await,
             _ => Outcome::reply(
                 jsonrpc::error(id, jsonrpc::METHOD_NOT_FOUND, "method not found"),
                 Status::JsonrpcError,
@@ -74,7 +79,9 @@ impl Proxy {
         Outcome::reply(jsonrpc::result(id, json!({"tools": tools})), Status::Ok)
     }
 
-    async fn call_tool(&self, id: &Value, identity: &str, params: &Value) -> Outcome {
+    /// Routes the call; the request carries its server and tool from the moment the route
+    /// is known, so that a request dropped while the backend works keeps them.
+    async fn call_tool(&self, request: &mut Request, id: &Value, identity: &str, params: &Value) -> Outcome {
         let name = params.get("name").and_then(Value::as_str).unwrap_or_default();
         let unknown = || {
             Outcome::reply(
@@ -83,21 +90,21 @@ impl Proxy {
             )
         };
         let Some((server, tool)) = name.split_once(TOOL_SEPARATOR) else { return unknown() };
-        let routed = |body, status| Outcome {
-            server: server.to_string(),
-            tool: tool.to_string(),
-            ..Outcome::reply(body, status)
-        };
         let backend = match self.pool.lease(server).await {
             Ok(backend) => backend,
             Err(LeaseError::NotConfigured) => return unknown(),
             Err(LeaseError::ConnectFailed(why)) => {
-                return routed(jsonrpc::error(id, jsonrpc::CONNECT_FAILED, &why), Status::ConnectFailed);
+                request.route(server.to_string(), tool.to_string());
+                return Outcome::reply(
+                    jsonrpc::error(id, jsonrpc::CONNECT_FAILED, &why),
+                    Status::ConnectFailed,
+                );
             }
         };
         if !backend.has_tool(tool) {
             return unknown();
         }
+        request.route(server.to_string(), tool.to_string());
         let allowed = acl_allows(identity, name);
         mcp_probes::acl_decision(
             identity,
@@ -106,7 +113,7 @@ impl Proxy {
             if allowed { Decision::Allow } else { Decision::Deny },
         );
         if !allowed {
-            return routed(
+            return Outcome::reply(
                 jsonrpc::error(id, jsonrpc::ACCESS_DENIED, &format!("{identity} may not call {name}")),
                 Status::AclDenied,
             );
@@ -114,23 +121,25 @@ impl Proxy {
         let forwarded =
             json!({"name": tool, "arguments": params.get("arguments").cloned().unwrap_or(json!({}))});
         match tokio::time::timeout(self.call_timeout, backend.call("tools/call", forwarded)).await {
-            Err(_) => {
-                routed(jsonrpc::error(id, jsonrpc::REQUEST_TIMEOUT, "backend timed out"), Status::Timeout)
-            }
-            Ok(Err(error)) => {
-                routed(jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &error.to_string()), Status::JsonrpcError)
-            }
+            Err(_) => Outcome::reply(
+                jsonrpc::error(id, jsonrpc::REQUEST_TIMEOUT, "backend timed out"),
+                Status::Timeout,
+            ),
+            Ok(Err(error)) => Outcome::reply(
+                jsonrpc::error(id, jsonrpc::INTERNAL_ERROR, &error.to_string()),
+                Status::JsonrpcError,
+            ),
             Ok(Ok(reply)) => match (reply.get("result"), reply.get("error")) {
                 (Some(result), _) => {
                     let status = if result["isError"] == true { Status::ToolError } else { Status::Ok };
-                    routed(jsonrpc::result(id, result.clone()), status)
+                    Outcome::reply(jsonrpc::result(id, result.clone()), status)
                 }
                 (None, Some(error)) => {
                     let code = error["code"].as_i64().unwrap_or(jsonrpc::INTERNAL_ERROR);
                     let message = error["message"].as_str().unwrap_or("backend error");
-                    routed(jsonrpc::error(id, code, message), Status::JsonrpcError)
+                    Outcome::reply(jsonrpc::error(id, code, message), Status::JsonrpcError)
                 }
-                (None, None) => routed(
+                (None, None) => Outcome::reply(
                     jsonrpc::error(id, jsonrpc::INVALID_REQUEST, "malformed backend reply"),
                     Status::JsonrpcError,
                 ),

@@ -9,13 +9,13 @@ use std::{
     ops::Deref,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
 
 use anyhow::bail;
-use mcp_probes::{CacheOutcome, ConnectKind, ConnectResult, DisconnectReason};
+use mcp_probes::{BackendConnection, CacheOutcome, ConnectKind, DisconnectReason};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::upstream::{Launch, Upstream};
@@ -27,7 +27,6 @@ pub struct Pool {
     backends: BTreeMap<String, Backend>,
     extra_tools: usize,
     startup_delay_ms: u64,
-    next_connection: AtomicU64,
     /// (server, tool) pairs classified so far in the proxy's life; survives reconnects.
     classified: Mutex<HashSet<(String, String)>>,
     closing: AtomicBool,
@@ -98,7 +97,6 @@ impl Pool {
             backends,
             extra_tools,
             startup_delay_ms,
-            next_connection: AtomicU64::new(1),
             classified: Mutex::default(),
             closing: AtomicBool::new(false),
         })
@@ -150,23 +148,22 @@ impl Pool {
         broken: bool,
         mut slot: OwnedMutexGuard<Slot>,
     ) -> Result<Lease, LeaseError> {
-        let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let kind = if slot.attempts == 0 { ConnectKind::Initial } else { ConnectKind::Lazy };
         slot.attempts += 1;
         slot.upstream = None;
-        mcp_probes::backend_connect_start(connection);
+        let connection = Arc::new(BackendConnection::connecting(server, kind));
         let launch = Launch {
             extra_tools: self.extra_tools,
             startup_delay_ms: self.startup_delay_ms,
             fail_start: broken,
         };
         let started =
-            tokio::time::timeout(CONNECT_TIMEOUT, Upstream::start(connection, server, launch)).await;
+            tokio::time::timeout(CONNECT_TIMEOUT, Upstream::start(connection.clone(), launch)).await;
         let upstream = match started {
             Ok(Ok(upstream)) => upstream,
             failed => {
                 // Dropping the failed connection killed its child.
-                mcp_probes::backend_connect_end(connection, server, kind, ConnectResult::Error);
+                connection.failed();
                 let why = match failed {
                     Ok(Err(error)) => format!("{error:#}"),
                     _ => format!("no answer within {CONNECT_TIMEOUT:?}"),
@@ -176,11 +173,11 @@ impl Pool {
                 )));
             }
         };
-        mcp_probes::backend_connect_end(connection, server, kind, ConnectResult::Ok);
+        // A backend that died meanwhile is counted as disconnected now.
+        connection.connected();
         mcp_probes::tool_cache_size(server, upstream.tools.len() as u64);
         self.classify(server, &upstream);
         let upstream = Arc::new(upstream);
-        upstream.go_live();
         slot.upstream = Some(upstream.clone());
         Ok(Lease::new(upstream))
     }

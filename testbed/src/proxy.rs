@@ -8,10 +8,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -25,7 +22,7 @@ use axum::{
     routing::{get, post},
     serve::ListenerExt as _,
 };
-use mcp_probes::{AuthFailure, RequestLabels, SessionCloseReason, Status};
+use mcp_probes::{AuthFailure, Request, SessionCloseReason, Status};
 use mcp_testbed::in_process::{InProcess, InProcessKind};
 use serde_json::Value;
 use socket2::{SockRef, TcpKeepalive};
@@ -63,6 +60,11 @@ pub struct Args {
     /// ends for the probes, as with `mcp serve`'s MCP_PROXY_REQUEST_TIMEOUT.
     #[arg(long, default_value_t = 0)]
     request_timeout_ms: u64,
+    /// Past `--request-timeout-ms`, let the dropped request guard end the request at once
+    /// (status `timeout`, its labels as known) instead of leaving it unended as `mcp serve`
+    /// without guards does.
+    #[arg(long)]
+    end_timed_out_requests: bool,
     /// How often the idle reaper runs.
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     reaper_interval_ms: u64,
@@ -100,7 +102,7 @@ pub struct Proxy {
     pub sessions: Arc<Sessions>,
     pub call_timeout: Duration,
     request_timeout: Option<Duration>,
-    next_request: AtomicU64,
+    end_timed_out_requests: bool,
     /// Told of every request (see `--reaper-after-first-request`).
     first_request: Arc<Notify>,
     /// Request metrics recorded in the proxy itself (`--in-process-metrics`).
@@ -118,7 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         call_timeout: Duration::from_millis(args.call_timeout_ms),
         request_timeout: (args.request_timeout_ms > 0)
             .then(|| Duration::from_millis(args.request_timeout_ms)),
-        next_request: AtomicU64::new(1),
+        end_timed_out_requests: args.end_timed_out_requests,
         first_request: Arc::new(Notify::new()),
         in_process: InProcess::new(args.in_process_metrics),
     });
@@ -206,36 +208,52 @@ async fn handle(State(proxy): State<Arc<Proxy>>, headers: HeaderMap, body: Bytes
 
 impl Proxy {
     async fn respond(&self, headers: HeaderMap, message: Value, id: Value) -> Response {
-        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
-        mcp_probes::request_start(request);
+        let mut request = Request::start(TRANSPORT);
         let started = Instant::now();
-        let finish = self.finish(request, started, &headers, &message, &id);
-        let Some(limit) = self.request_timeout else { return finish.await };
-        // On purpose like `mcp serve`: the timeout drops the future that would have called
-        // request_end, so the observer must expire this request by itself.
-        tokio::time::timeout(limit, finish).await.unwrap_or_else(|_| {
-            json_response(
-                StatusCode::GATEWAY_TIMEOUT,
-                jsonrpc::error(&id, jsonrpc::REQUEST_TIMEOUT, "request timed out"),
-                None,
-            )
-        })
+        let finish = self.finish(&mut request, started, &headers, &message, &id);
+        let Some(limit) = self.request_timeout else {
+            let (status, response) = finish.await;
+            request.end(status);
+            return response;
+        };
+        match tokio::time::timeout(limit, finish).await {
+            Ok((status, response)) => {
+                request.end(status);
+                response
+            }
+            Err(_) => {
+                if !self.end_timed_out_requests {
+                    // Like `mcp serve`: nothing ends it, the observer must expire it.
+                    let _unended = request.into_raw();
+                }
+                // Otherwise dropped here, the guard ends it as a timeout.
+                json_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    jsonrpc::error(&id, jsonrpc::REQUEST_TIMEOUT, "request timed out"),
+                    None,
+                )
+            }
+        }
     }
 
     /// Authenticates, dispatches and ends the request for the probes (and the in-process
     /// metrics).
     async fn finish(
         &self,
-        request: u64,
+        request: &mut Request,
         started: Instant,
         headers: &HeaderMap,
         message: &Value,
         id: &Value,
-    ) -> Response {
+    ) -> (Status, Response) {
         let method = message.get("method").and_then(Value::as_str).unwrap_or_default();
+        request.method(method.to_string());
         let identity = authenticate(headers);
         let outcome = match identity {
-            Ok(identity) => self.dispatch(id, method, identity, message).await,
+            Ok(identity) => {
+                request.identity(identity);
+                self.dispatch(request, id, method, identity, message).await
+            }
             Err(reason) => {
                 mcp_probes::auth_failure(reason);
                 Outcome::reply(
@@ -244,19 +262,10 @@ impl Proxy {
                 )
             }
         };
-        let labels = RequestLabels {
-            method,
-            transport: TRANSPORT,
-            identity: identity.unwrap_or_default(),
-            server: &outcome.server,
-            tool: &outcome.tool,
-            status: outcome.status,
-        };
-        mcp_probes::request_end(request, &labels);
-        self.in_process.record(&labels, started);
+        self.in_process.record(&request.labels(outcome.status), started);
         let http =
             if outcome.status == Status::AuthFailed { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
-        json_response(http, outcome.body, outcome.session)
+        (outcome.status, json_response(http, outcome.body, outcome.session))
     }
 }
 

@@ -3,40 +3,36 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
-use mcp_probes::SessionCloseReason;
+use mcp_probes::{ClientSession, SessionCloseReason};
 
 use crate::proxy::TRANSPORT;
 
 pub struct Sessions {
-    next: AtomicU64,
-    /// Open sessions and when each was last seen.
-    open: Mutex<HashMap<u64, Instant>>,
+    /// Open sessions by id, and when each was last seen.
+    open: Mutex<HashMap<u64, (ClientSession, Instant)>>,
 }
 
 impl Sessions {
     pub fn new() -> Self {
-        Self { next: AtomicU64::new(1), open: Mutex::default() }
+        Self { open: Mutex::default() }
     }
 
     /// Opens a session and returns its `Mcp-Session-Id`.
     pub fn open(&self) -> String {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.open.lock().expect("sessions lock").insert(id, Instant::now());
-        mcp_probes::session_open(id, TRANSPORT);
+        let session = ClientSession::open(TRANSPORT);
+        let id = session.id();
+        self.open.lock().expect("sessions lock").insert(id, (session, Instant::now()));
         format!("{}-{id:08x}", std::process::id())
     }
 
     /// A request carried this header: the session, if open, is not idle.
     pub fn touch(&self, header: &str) {
         if let Some(id) = parse(header)
-            && let Some(seen) = self.open.lock().expect("sessions lock").get_mut(&id)
+            && let Some((_, seen)) = self.open.lock().expect("sessions lock").get_mut(&id)
         {
             *seen = Instant::now();
         }
@@ -45,27 +41,21 @@ impl Sessions {
     /// Closes the session the header names; false if no such session is open.
     pub fn close(&self, header: &str, reason: SessionCloseReason) -> bool {
         let Some(id) = parse(header) else { return false };
-        let closed = self.open.lock().expect("sessions lock").remove(&id).is_some();
-        if closed {
-            mcp_probes::session_close(id, TRANSPORT, reason);
-        }
-        closed
+        let closed = self.open.lock().expect("sessions lock").remove(&id);
+        closed.map(|(session, _)| session.close(reason)).is_some()
     }
 
     /// Closes every session not seen for `idle`.
     pub fn expire(&self, idle: Duration) {
-        self.open.lock().expect("sessions lock").retain(|&id, seen| {
-            let keep = seen.elapsed() < idle;
-            if !keep {
-                mcp_probes::session_close(id, TRANSPORT, SessionCloseReason::Expired);
-            }
-            keep
-        });
+        let mut open = self.open.lock().expect("sessions lock");
+        for (_, (session, _)) in open.extract_if(|_, (_, seen)| seen.elapsed() >= idle) {
+            session.close(SessionCloseReason::Expired);
+        }
     }
 
     pub fn close_all(&self, reason: SessionCloseReason) {
-        for (id, _) in self.open.lock().expect("sessions lock").drain() {
-            mcp_probes::session_close(id, TRANSPORT, reason);
+        for (_, (session, _)) in self.open.lock().expect("sessions lock").drain() {
+            session.close(reason);
         }
     }
 }
@@ -85,8 +75,8 @@ mod tests {
     fn a_session_header_names_its_session_in_this_process_only() {
         let sessions = Sessions::new();
         let header = sessions.open();
-        assert_eq!(parse(&header), Some(1));
-        assert_eq!(parse(&format!("{}-00000001", std::process::id() + 1)), None);
+        let id = parse(&header).expect("an id of this process");
+        assert_eq!(parse(&format!("{}-{id:08x}", std::process::id() + 1)), None);
         assert_eq!(parse("not-a-session"), None);
         assert!(!sessions.close("1-00000001", SessionCloseReason::ClientClosed));
         assert!(sessions.close(&header, SessionCloseReason::ClientClosed));

@@ -9,13 +9,13 @@ use std::{
     process::Stdio,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU8, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use mcp_probes::DisconnectReason;
+use mcp_probes::{BackendConnection, DisconnectReason};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
@@ -60,10 +60,11 @@ struct Activity {
 impl Upstream {
     /// Starts `mcp-testbed backend --name SERVER`, initializes it and lists its tools.
     /// Dropping the result (or this future) kills the child.
-    pub async fn start(connection: u64, server: &str, launch: Launch) -> anyhow::Result<Self> {
+    pub async fn start(connection: Arc<BackendConnection>, launch: Launch) -> anyhow::Result<Self> {
+        let server = connection.server().to_string();
         let exe = std::env::current_exe().context("locating mcp-testbed")?;
         let mut command = Command::new(exe);
-        command.args(["backend", "--name", server]);
+        command.args(["backend", "--name", &server]);
         command.args(["--extra-tools", &launch.extra_tools.to_string()]);
         command.args(["--startup-delay-ms", &launch.startup_delay_ms.to_string()]);
         if launch.fail_start {
@@ -75,17 +76,12 @@ impl Upstream {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting backend {server}"))?;
-        mcp_probes::child_spawn(server, child.id().unwrap_or_default());
+        connection.child_spawned(child.id().unwrap_or_default());
 
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
         let (kill, supervisor) = supervise(child);
-        let lifecycle = Arc::new(Lifecycle {
-            connection,
-            server: server.to_string(),
-            state: AtomicU8::new(CONNECTING),
-            kill: Mutex::new(Some(kill)),
-        });
+        let lifecycle = Arc::new(Lifecycle { connection, kill: Mutex::new(Some(kill)) });
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let upstream = Self {
             tools: Vec::new(),
@@ -107,11 +103,9 @@ impl Upstream {
         self.call("initialize", params).await?;
         self.send(&jsonrpc::notification("notifications/initialized"))?;
         let listed = self.call("tools/list", json!({})).await?;
-        self.tools = listed
-            .pointer("/result/tools")
-            .and_then(Value::as_array)
-            .cloned()
-            .ok_or_else(|| anyhow!("backend {} listed no tools: {listed}", self.lifecycle.server))?;
+        self.tools = listed.pointer("/result/tools").and_then(Value::as_array).cloned().ok_or_else(|| {
+            anyhow!("backend {} listed no tools: {listed}", self.lifecycle.connection.server())
+        })?;
         Ok(self)
     }
 
@@ -139,17 +133,8 @@ impl Upstream {
         self.tools.iter().any(|tool| tool["name"] == name)
     }
 
-    /// Marks the connection connected, after its `backend_connect_end(Ok)`. A backend that
-    /// died in between is reported now: nobody else could, the reader saw no live connection.
-    pub fn go_live(&self) {
-        let lifecycle = &self.lifecycle;
-        if lifecycle.state.compare_exchange(CONNECTING, LIVE, Ordering::SeqCst, Ordering::SeqCst).is_err() {
-            mcp_probes::backend_disconnect(lifecycle.connection, &lifecycle.server, DisconnectReason::Error);
-        }
-    }
-
     pub fn is_live(&self) -> bool {
-        self.lifecycle.state.load(Ordering::SeqCst) == LIVE
+        self.lifecycle.connection.is_live()
     }
 
     /// Ends the connection and kills the child; false if something else ended it first.
@@ -192,25 +177,17 @@ impl Drop for Upstream {
     }
 }
 
-const CONNECTING: u8 = 0;
-const LIVE: u8 = 1;
-const CLOSED: u8 = 2;
-
-/// What the reader task and the connection's owner share: who ends it, and the kill switch.
+/// What the reader task and the connection's owner share: the connection guard (the
+/// first to end it fires `backend_disconnect`) and the kill switch.
 struct Lifecycle {
-    connection: u64,
-    server: String,
-    state: AtomicU8,
+    connection: Arc<BackendConnection>,
     kill: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl Lifecycle {
     fn close(&self, reason: DisconnectReason) -> bool {
-        // Swap before killing: the EOF that the kill causes must find the connection closed.
-        let was_live = self.state.swap(CLOSED, Ordering::SeqCst) == LIVE;
-        if was_live {
-            mcp_probes::backend_disconnect(self.connection, &self.server, reason);
-        }
+        // End it before killing: the EOF that the kill causes must find it ended.
+        let was_live = self.connection.disconnect(reason);
         self.kill();
         was_live
     }

@@ -194,6 +194,56 @@ fn the_backend_pool_matches_the_pool_scenario() {
     assert_eq!(bucket(&metrics, "mcp_proxy_session_duration_seconds", &session, 10.0), 1.0);
 }
 
+/// With the request guard left to end what a dropped future leaves
+/// (`--end-timed-out-requests`), a request the proxy's timeout cuts is counted at once as
+/// status="timeout" with every label known when it was cut — never by expiry, an hour here.
+#[test]
+fn a_request_whose_future_is_dropped_ends_at_once_with_its_labels() {
+    let _serial = kernel_test();
+    let proxy =
+        start_proxy_with(&testbed_bin(), &["--request-timeout-ms", "1000", "--end-timed-out-requests"]);
+    let observer = start_observer(&[proxy.pid()], &["--request-expiry-secs", "3600"]);
+    let url = format!("http://{}/mcp", proxy.addr);
+    let post = |tool: &str, ms: u64| {
+        let call = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}","arguments":{{"ms":{ms},"text":"x"}}}}}}"#
+        );
+        let reply = ureq::post(&url)
+            .header("authorization", "Bearer alice-token")
+            .content_type("application/json")
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send(&call)
+            .expect("POST");
+        reply.status().as_u16()
+    };
+    // The backend connected first: the cut calls are routed long before their timeout.
+    assert_eq!(post("alpha__echo", 0), 200);
+    const CUT: u64 = 3;
+    for _ in 0..CUT {
+        assert_eq!(post("alpha__sleep", 3000), 504);
+    }
+    let cut = [
+        ("method", "tools/call"),
+        ("transport", "streamable_http"),
+        ("identity", "alice"),
+        ("server", "alpha"),
+        ("tool", "sleep"),
+        ("status", "timeout"),
+    ];
+    let metrics = scrape_until(&observer, "the cut requests", |m| {
+        value(m, "mcp_proxy_requests_total", &cut) >= CUT as f64
+    });
+    assert_eq!(value(&metrics, "mcp_proxy_requests_total", &cut), CUT as f64);
+    assert_eq!(value(&metrics, "mcp_proxy_requests_total", &[]), (CUT + 1) as f64, "the echo and the cut");
+    assert_eq!(value(&metrics, "mcp_proxy_requests_in_flight", &[]), 0.0);
+    // Cut after the proxy's 1 s, not at the backend's 3 s.
+    let duration = "mcp_proxy_request_duration_seconds";
+    assert_eq!(bucket(&metrics, duration, &cut, 0.5), 0.0);
+    assert_eq!(bucket(&metrics, duration, &cut, 2.5), CUT as f64);
+}
+
 /// A request the proxy drops without ending it (as `mcp serve` does on its request
 /// timeout) is expired into status="timeout"; the oldest in-flight age shows it meanwhile.
 #[test]
