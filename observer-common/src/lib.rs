@@ -445,8 +445,9 @@ pub mod abi {
         pub tool: Str,
         /// `Status` value.
         pub status: u32,
-        /// Zero.
-        pub reserved: u32,
+        /// Microseconds since the request started, as the proxy measured it; 0 = unknown
+        /// (every proxy built before the field was named).
+        pub elapsed_us: u32,
     }
     const _: () = assert!(core::mem::size_of::<RequestEnd>() == 88);
 

@@ -144,9 +144,10 @@ struct Common {
     #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     request_expiry_secs: u64,
     /// Leave `mcp_probe_request_start` unattached: requests are counted by status and
-    /// labels from their ends alone, without the latency histogram and the in-flight
-    /// gauges (and a request the proxy drops without ending it is not counted at all),
-    /// and each costs the proxy one uprobe hit instead of two (benchmarks/README.md).
+    /// labels from their ends alone, with the latency the proxy measured itself if its
+    /// request_end carries one (the mcp-probes request guard does) and without the
+    /// in-flight gauges (a request the proxy drops without ending it is not counted at
+    /// all); each costs the proxy one uprobe hit instead of two (benchmarks/README.md).
     #[arg(long, conflicts_with = "request_expiry_secs")]
     no_request_latency: bool,
     /// Keep a workload's series this long after its last process exited: a container

@@ -41,10 +41,12 @@ impl Request {
     /// A request arrived on `transport` (e.g. `streamable_http`, `sse`, `stdio`).
     pub fn start(transport: &'static str) -> Self {
         let id = next_id();
+        // Timed right at the probe, so that both measures span the same interval.
+        let started = Instant::now();
         crate::request_start(id);
         Self {
             id,
-            started: Instant::now(),
+            started,
             transport,
             method: Label::Borrowed(""),
             identity: Label::Borrowed(""),
@@ -116,7 +118,7 @@ impl Request {
 
     fn fire(&mut self, status: Status) {
         if core::mem::take(&mut self.armed) {
-            crate::request_end(self.id, &self.labels(status));
+            crate::request_end_after(self.id, &self.labels(status), self.started.elapsed());
         }
     }
 }

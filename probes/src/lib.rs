@@ -99,8 +99,10 @@ pub struct RequestEnd {
     pub tool: ProbeStr,
     /// A [`Status`] value.
     pub status: u32,
-    /// Zero; reserved for later versions of ABI v1.
-    pub reserved: u32,
+    /// Microseconds since the request started, as the proxy measured it (saturating at
+    /// `u32::MAX`, about 71 minutes); 0 = unknown. The observer uses it only when it does
+    /// not attach `request_start` (`--no-request-latency`); otherwise it measures itself.
+    pub elapsed_us: u32,
 }
 
 /// What the ACL decided. The numeric values are part of the ABI.
@@ -284,9 +286,23 @@ pub fn request_start(id: u64) {
     mcp_probe_request_start(id);
 }
 
-/// Marks the end of request `id` (which [`request_start`] began).
+/// Marks the end of request `id` (which [`request_start`] began), without a latency of the
+/// proxy's own: the observer measures it between the two probes.
 #[inline]
 pub fn request_end(id: u64, labels: &RequestLabels<'_>) {
+    end_request(id, labels, 0);
+}
+
+/// Marks the end of request `id`, `elapsed` after it started as the proxy measured it: an
+/// observer that attaches only `request_end` (one uprobe hit per request) still has latency.
+#[inline]
+pub fn request_end_after(id: u64, labels: &RequestLabels<'_>, elapsed: core::time::Duration) {
+    // 0 means unknown: a measured 0 is sent as 1 µs.
+    end_request(id, labels, u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX).max(1));
+}
+
+#[inline]
+fn end_request(id: u64, labels: &RequestLabels<'_>, elapsed_us: u32) {
     if cfg!(feature = "disabled") {
         return;
     }
@@ -297,7 +313,7 @@ pub fn request_end(id: u64, labels: &RequestLabels<'_>) {
         server: ProbeStr::new(labels.server),
         tool: ProbeStr::new(labels.tool),
         status: labels.status as u32,
-        reserved: 0,
+        elapsed_us,
     };
     mcp_probe_request_end(id, &end);
 }
@@ -470,6 +486,7 @@ mod tests {
             status: Status::ToolError,
         };
         request_end(7, &labels);
+        request_end_after(8, &labels, core::time::Duration::from_micros(1500));
         acl_decision("alice", "alpha", "echo", Decision::Deny);
         auth_failure(AuthFailure::InvalidCredentials);
         backend_connect_start(1);

@@ -18,7 +18,7 @@ fn end(method: &'static str, identity: ProbeStr, tool: ProbeStr) -> RequestEnd {
         server: ProbeStr::new("alpha"),
         tool,
         status: Status::Ok as u32,
-        reserved: 0,
+        elapsed_us: 0,
     }
 }
 

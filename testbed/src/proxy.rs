@@ -65,6 +65,10 @@ pub struct Args {
     /// without guards does.
     #[arg(long)]
     end_timed_out_requests: bool,
+    /// End requests through the raw `request_end`, without the latency the guard measured
+    /// (`elapsed_us` 0), as a proxy built before ABI v1 named that field.
+    #[arg(long)]
+    untimed_request_ends: bool,
     /// How often the idle reaper runs.
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     reaper_interval_ms: u64,
@@ -103,6 +107,7 @@ pub struct Proxy {
     pub call_timeout: Duration,
     request_timeout: Option<Duration>,
     end_timed_out_requests: bool,
+    untimed_request_ends: bool,
     /// Told of every request (see `--reaper-after-first-request`).
     first_request: Arc<Notify>,
     /// Request metrics recorded in the proxy itself (`--in-process-metrics`).
@@ -121,6 +126,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         request_timeout: (args.request_timeout_ms > 0)
             .then(|| Duration::from_millis(args.request_timeout_ms)),
         end_timed_out_requests: args.end_timed_out_requests,
+        untimed_request_ends: args.untimed_request_ends,
         first_request: Arc::new(Notify::new()),
         in_process: InProcess::new(args.in_process_metrics),
     });
@@ -213,12 +219,12 @@ impl Proxy {
         let finish = self.finish(&mut request, started, &headers, &message, &id);
         let Some(limit) = self.request_timeout else {
             let (status, response) = finish.await;
-            request.end(status);
+            self.end(request, status);
             return response;
         };
         match tokio::time::timeout(limit, finish).await {
             Ok((status, response)) => {
-                request.end(status);
+                self.end(request, status);
                 response
             }
             Err(_) => {
@@ -233,6 +239,15 @@ impl Proxy {
                     None,
                 )
             }
+        }
+    }
+
+    fn end(&self, request: Request, status: Status) {
+        if self.untimed_request_ends {
+            mcp_probes::request_end(request.id(), &request.labels(status));
+            let _ended = request.into_raw();
+        } else {
+            request.end(status);
         }
     }
 

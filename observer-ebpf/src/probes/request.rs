@@ -1,6 +1,8 @@
 //! `mcp_probe_request_start` / `mcp_probe_request_end`: request counts, status, labels
 //! and latency. Latency is measured here (start → end, keyed by tgid and request id), so
-//! the proxy times nothing. The agent expires starts whose end never comes.
+//! the proxy times nothing. The agent expires starts whose end never comes. With
+//! `request_start` unattached (`--no-request-latency`) an end carries the latency the
+//! proxy measured itself (`RequestEnd.elapsed_us`), when it sends one.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -61,12 +63,18 @@ pub fn mcp_request_end(ctx: ProbeContext) -> u32 {
         (now, take_start(me, id).ok_or(FLAG_NO_START))
     };
     let Some(end) = read_arg::<abi::RequestEnd>(&ctx, 1) else { return 0 };
+    let duration = match start {
+        Ok(start) => Ok(now.saturating_sub(start)),
+        // One hit only: the proxy's own measure, when it sends one.
+        Err(FLAG_UNTIMED) if end.elapsed_us != 0 => Ok(u64::from(end.elapsed_us) * 1000),
+        Err(flag) => Err(flag),
+    };
     send_at(me, kind::REQUEST_END, now, id, u64::from(end.status), |ev| {
         // SAFETY: `ev` is the reserved event.
         unsafe {
-            let mut flags = match start {
-                Ok(start) => {
-                    (*ev).duration_ns = now.saturating_sub(start);
+            let mut flags = match duration {
+                Ok(duration) => {
+                    (*ev).duration_ns = duration;
                     0
                 }
                 Err(flag) => flag,

@@ -13,8 +13,8 @@ use std::{
 pub const TOTAL: &str = "mcp_proxy_requests_total";
 pub const DURATION: &str = "mcp_proxy_request_duration_seconds";
 const TOTAL_HELP: &str = "MCP requests handled by the proxy";
-const DURATION_HELP: &str =
-    "Request latency from the proxy's request_start to request_end probe, measured in the kernel";
+const DURATION_HELP: &str = "Request latency from the proxy's request_start to request_end probe, measured in the kernel \
+     (with --no-request-latency: as the proxy measured it, when its request_end says)";
 
 /// Request latency buckets, 1 ms to 300 s (a slow tool call can take minutes).
 pub const BUCKETS: [f64; 17] =

@@ -18,6 +18,7 @@ use std::{
 };
 
 use object::{Object as _, ObjectSymbol as _};
+use prometheus_parse::{Scrape, Value};
 use support::*;
 
 #[test]
@@ -34,13 +35,52 @@ fn request_counts_and_latencies_match_the_ground_truth() {
     assert_eq!(value(&metrics, "mcp_observer_targets", &[]), 1.0);
 }
 
+/// One hit per request: the request guard sends the latency it measured, so with
+/// `request_start` unattached (`--no-request-latency`) the agent still has latency. For
+/// one load watched by both agents at once, every label set's histogram counts what the
+/// kernel-measured one counts, each request in the same bucket or the next.
+#[test]
+fn one_hit_latency_counts_as_the_two_hit_one_within_a_bucket() {
+    let _serial = kernel_test();
+    let proxy = start_proxy(&testbed_bin());
+    let two_hits = start_observer(&[proxy.pid()], &[]);
+    let one_hit = start_observer(&[proxy.pid()], &["--no-request-latency"]);
+    let truth = run_load(&proxy, 300, 8, 17, 30);
+    assert_requests_match(&two_hits, &truth);
+    assert_requests_match(&one_hit, &truth);
+    let (two, one) = (settled(&two_hits), settled(&one_hit));
+    let duration = "mcp_proxy_request_duration_seconds";
+    for row in &truth {
+        let buckets = |scrape: &Scrape| -> Vec<(f64, f64)> {
+            let series = scrape.samples.iter().find(|s| {
+                s.metric == duration && row.labels().iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+            });
+            match series.map(|s| &s.value) {
+                Some(Value::Histogram(buckets)) => buckets.iter().map(|b| (b.less_than, b.count)).collect(),
+                other => panic!("no latency for {row:?}: {other:?}"),
+            }
+        };
+        let (two, one) = (buckets(&two), buckets(&one));
+        assert_eq!(two.last().unwrap().1, row.count as f64, "{row:?}");
+        assert_eq!(one.last().unwrap().1, row.count as f64, "{row:?}");
+        // Cumulative counts: shifted by at most one bucket either way.
+        for i in 1..two.len() {
+            assert!(one[i].1 >= two[i - 1].1 && two[i].1 >= one[i - 1].1, "{row:?}: {two:?} / {one:?}");
+        }
+    }
+    for absent in ["mcp_proxy_requests_in_flight", "mcp_proxy_request_oldest"] {
+        assert!(!one.samples.iter().any(|s| s.metric.starts_with(absent)), "{absent} is exported");
+    }
+}
+
 /// `--no-request-latency`: request_start unattached, every ended request counted exactly
-/// from its end; no latency, no in-flight gauges, and the requests the proxy drops
-/// without ending them (its 300 ms timeout) are not counted at all.
+/// from its end; and from a proxy whose ends carry no latency of its own (built before
+/// ABI v1 named `elapsed_us`), no latency, no in-flight gauges, and the requests the
+/// proxy drops without ending them (its 300 ms timeout) are not counted at all.
 #[test]
 fn without_request_latency_every_ended_request_is_counted_through_one_uprobe() {
     let _serial = kernel_test();
-    let proxy = start_proxy_with(&testbed_bin(), &["--request-timeout-ms", "300"]);
+    let proxy = start_proxy_with(&testbed_bin(), &["--request-timeout-ms", "300", "--untimed-request-ends"]);
     let pid = proxy.pid().to_string();
     let (code, stdout, stderr) = observe_once(&["--pid", &pid, "--check", "--no-request-latency"], &[]);
     assert_eq!(code, 0, "{stderr}");

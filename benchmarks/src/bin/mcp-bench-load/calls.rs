@@ -153,7 +153,7 @@ fn request_end_args() -> RequestEnd {
         server: ProbeStr::new(LABELS.server),
         tool: ProbeStr::new(LABELS.tool),
         status: LABELS.status as u32,
-        reserved: 0,
+        elapsed_us: 0,
     }
 }
 
