@@ -34,6 +34,11 @@ mod raw;
 #[cfg(feature = "std")]
 pub use guards::{BackendConnection, ClientSession, Request};
 
+/// The README's example, compiled and run by `cargo test`.
+#[cfg(all(doctest, feature = "std"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExample;
+
 pub use raw::{
     mcp_probe_acl_decision, mcp_probe_auth_failure, mcp_probe_backend_connect_end,
     mcp_probe_backend_connect_start, mcp_probe_backend_disconnect, mcp_probe_backends_configured,

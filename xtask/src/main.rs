@@ -133,6 +133,11 @@ fn test() -> anyhow::Result<(u64, u64)> {
     eprintln!("xtask: validating the Kubernetes manifests in k8s/");
     manifests::validate()?;
     cargo(&["check", "--package", "mcp-probes", "--target", "aarch64-unknown-linux-gnu"])?;
+    // The crate proxies depend on, as crates.io would get it: packaged, then built from the
+    // package alone (--allow-dirty: a work tree with changes is what a developer tests);
+    // and without its default `std` feature.
+    cargo(&["package", "--package", "mcp-probes", "--allow-dirty"])?;
+    cargo(&["check", "--package", "mcp-probes", "--no-default-features"])?;
     cargo(&["build", "--release"])?;
     cargo_test(&["test", "--release", "--", "--test-threads=1"])
 }
