@@ -246,9 +246,28 @@ pub mod direction {
 
 /// `TCP_TIMEOUT`: which timer gave up, in the high 32 bits of `value`.
 pub mod timeout {
-    pub const KEEPALIVE: u64 = 0;
-    pub const RETRANSMISSION: u64 = 1;
+    pub const KEEPALIVE: u32 = 0;
+    pub const RETRANSMISSION: u32 = 1;
 }
+
+/// An event's `value` holding two `u32`s, as both sides read it: `low`, the first
+/// enumeration (a probe's first scalar argument, a socket's direction) and `high`, the
+/// second (a connect's result, a TCP timeout's kind). A probe's two `u32` arguments lie
+/// in memory exactly so on a little-endian machine.
+pub const fn pack(low: u32, high: u32) -> u64 {
+    ((high as u64) << 32) | low as u64
+}
+
+/// The first `u32` of a [`pack`]ed value.
+pub const fn low(value: u64) -> u32 {
+    value as u32
+}
+
+/// The second `u32` of a [`pack`]ed value.
+pub const fn high(value: u64) -> u32 {
+    (value >> 32) as u32
+}
+const _: () = assert!(low(pack(7, 9)) == 7 && high(pack(7, 9)) == 9 && pack(u32::MAX, 0) == u32::MAX as u64);
 
 /// `CHILD_EXIT`'s `value`: set when the child called `exit_group`, whose status is then
 /// in the low 8 bits; clear when a signal ended it.

@@ -2,6 +2,7 @@
 //! functions it calls and from tracepoints on its TCP connections and child processes.
 //! The proxy carries no exporter code.
 
+mod decode;
 mod error;
 mod events;
 mod hooks;

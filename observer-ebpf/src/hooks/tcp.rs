@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use observer_common::{
-    ABSENT, Listener, TrackedSocket as Socket, counter, direction, kind, listening_key,
+    ABSENT, Listener, TrackedSocket as Socket, counter, direction, kind, listening_key, pack,
     socket_state::{CONNECTING, OPEN, UNCONFIRMED},
     timeout,
 };
@@ -70,12 +70,13 @@ static LAST_CLOSE: PerCpuArray<LastClose> = PerCpuArray::with_max_entries(1, 0);
 /// A socket error reported more than this after the close it belongs to is not its.
 const ERROR_AFTER_CLOSE_NS: u64 = 10_000_000;
 
-fn send_socket(kind: u32, socket: &Socket, skaddr: u64, extra: u64) {
-    send_socket_at(crate::now(), kind, socket, skaddr, extra);
+/// An event of `socket`: its direction, and `high` (a timeout's kind) in the value.
+fn send_socket(kind: u32, socket: &Socket, skaddr: u64, high: u32) {
+    send_socket_at(crate::now(), kind, socket, skaddr, high);
 }
 
-fn send_socket_at(ts_ns: u64, kind: u32, socket: &Socket, skaddr: u64, extra: u64) {
-    send_at(socket.target, kind, ts_ns, skaddr, u64::from(socket.direction) | extra, |_| 0);
+fn send_socket_at(ts_ns: u64, kind: u32, socket: &Socket, skaddr: u64, high: u32) {
+    send_at(socket.target, kind, ts_ns, skaddr, pack(socket.direction, high), |_| 0);
 }
 
 /// The target's socket at `skaddr`, counted from now on if it was not yet: an accepted
@@ -257,7 +258,7 @@ pub fn mcp_inet_sk_error_report(ctx: TracePointContext) -> u32 {
     // SAFETY: as above; the match is used once.
     unsafe { (*last).ts_ns = 0 };
     if closed.socket.keepalive_timeout == 0 {
-        send_socket(kind::TCP_TIMEOUT, &closed.socket, closed.skaddr, timeout::RETRANSMISSION << 32);
+        send_socket(kind::TCP_TIMEOUT, &closed.socket, closed.skaddr, timeout::RETRANSMISSION);
     }
     0
 }
@@ -318,7 +319,7 @@ pub fn mcp_tcp_send_reset(ctx: TracePointContext) -> u32 {
         }
         send_socket(kind::TCP_RESET, &socket, skaddr, 0);
         if keepalive {
-            send_socket(kind::TCP_TIMEOUT, &socket, skaddr, timeout::KEEPALIVE << 32);
+            send_socket(kind::TCP_TIMEOUT, &socket, skaddr, timeout::KEEPALIVE);
         }
     // SAFETY: a copy is taken at once.
     } else if let Some(socket) = unsafe { CLOSED.get(skaddr) }.copied() {

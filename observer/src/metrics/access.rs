@@ -1,13 +1,13 @@
 //! ACL decisions and authentication failures.
 
-use observer_common::{ProbeEvent, field};
+use observer_common::{ProbeEvent, field, low};
 use prometheus::{IntCounter, IntCounterVec};
 
 use super::{
     Scope, counter_vec,
     series_cache::{Resolve, SeriesCache},
 };
-use crate::events::{DecodeError, low_u32, name, names};
+use crate::decode::{DecodeError, name, names};
 
 pub struct Access {
     acl_decisions: IntCounterVec,
@@ -39,12 +39,12 @@ impl Access {
     }
 
     pub fn acl_decision(&self, ev: &ProbeEvent, labels: &dyn Resolve) -> Result<(), DecodeError> {
-        let decision = name(names::DECISION, "ACL decision", low_u32(ev.value))?;
+        let decision = name(names::DECISION, "ACL decision", u64::from(low(ev.value)))?;
         let slots = [field::IDENTITY, field::SERVER, field::TOOL];
         self.acl_series.record(
             ev,
             slots,
-            low_u32(ev.value),
+            u64::from(low(ev.value)),
             labels,
             |[identity, server, tool]| {
                 self.acl_decisions.with_label_values(&[identity.as_str(), &server, &tool, decision])

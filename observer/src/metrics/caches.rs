@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use observer_common::{ProbeEvent, field};
+use observer_common::{ProbeEvent, field, low};
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec};
 
 use super::{
@@ -10,7 +10,7 @@ use super::{
     series_cache::{Resolve, SeriesCache},
 };
 use crate::{
-    events::{DecodeError, low_u32, name, names, string},
+    decode::{DecodeError, name, names, string},
     spans::MAX_OPEN,
 };
 
@@ -74,12 +74,12 @@ impl Caches {
     }
 
     pub fn classifier_lookup(&self, ev: &ProbeEvent, labels: &dyn Resolve) -> Result<(), DecodeError> {
-        let outcome = name(names::CACHE_OUTCOME, "classifier cache outcome", low_u32(ev.value))?;
+        let outcome = name(names::CACHE_OUTCOME, "classifier cache outcome", u64::from(low(ev.value)))?;
         let counter = if outcome == "hit" { &self.classifier_hits } else { &self.classifier_misses };
         self.classifier_series.record(
             ev,
             [field::SERVER],
-            low_u32(ev.value),
+            u64::from(low(ev.value)),
             labels,
             |[server]| counter.with_label_values(&[&server]),
             IntCounter::inc,

@@ -17,7 +17,7 @@ use observer_common::{EXIT_STATUS_KNOWN, EXIT_STATUS_UNKNOWN, FLAG_TRUNCATED_SHI
 use prometheus::{IntCounterVec, IntGaugeVec};
 
 use super::{Scope, counter_vec, gauge_vec};
-use crate::{events::string, spans::MAX_OPEN};
+use crate::{decode::string, spans::MAX_OPEN};
 
 /// How long a child waits for the probe's name before it is counted under its executable's.
 pub const NAMING_GRACE_NS: u64 = 1_000_000_000;

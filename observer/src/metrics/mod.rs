@@ -31,7 +31,7 @@ use prometheus::{
 };
 
 use crate::{
-    events::{DecodeError, string},
+    decode::{DecodeError, string},
     labels::{LabelConfig, LabelPolicy},
     workload::{LABEL_NAMES, WorkloadLabels},
 };

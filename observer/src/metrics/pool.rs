@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use observer_common::{ProbeEvent, field, kind};
+use observer_common::{ProbeEvent, field, high, kind, low};
 use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge};
 
 use super::{
@@ -11,7 +11,7 @@ use super::{
     int_counter, int_gauge, live::Live,
 };
 use crate::{
-    events::{DecodeError, low_u32, name, names},
+    decode::{DecodeError, name, names},
     spans::Spans,
 };
 
@@ -99,8 +99,8 @@ impl Pool {
         label: impl Fn(usize) -> String,
         observer: &ObserverMetrics,
     ) -> Result<(), DecodeError> {
-        let connect_kind = name(names::CONNECT_KIND, "connect kind", low_u32(ev.value))?;
-        let result = name(names::CONNECT_RESULT, "connect result", ev.value >> 32)?;
+        let connect_kind = name(names::CONNECT_KIND, "connect kind", u64::from(low(ev.value)))?;
+        let result = name(names::CONNECT_RESULT, "connect result", u64::from(high(ev.value)))?;
         let server = label(field::SERVER);
         match self.connecting().close(ev.header.tgid, ev.id, ev.header.ts_ns) {
             Some(((), seconds)) => self.connect_duration.with_label_values(&[&server]).observe(seconds),
@@ -135,7 +135,7 @@ impl Pool {
         label: impl Fn(usize) -> String,
         observer: &ObserverMetrics,
     ) -> Result<(), DecodeError> {
-        let reason = name(names::DISCONNECT_REASON, "disconnect reason", low_u32(ev.value))?;
+        let reason = name(names::DISCONNECT_REASON, "disconnect reason", u64::from(low(ev.value)))?;
         let server = label(field::SERVER);
         self.connections.close(ev, observer);
         self.disconnects.with_label_values(&[server.as_str(), reason]).inc();

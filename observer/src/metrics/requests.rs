@@ -14,7 +14,7 @@ use super::{
     request_series::RequestSeries,
     series_cache::{Resolve, SeriesCache},
 };
-use crate::events::{DecodeError, name, names};
+use crate::decode::{DecodeError, name, names};
 
 const LABELS: [&str; 6] = ["method", "transport", "status", "identity", "server", "tool"];
 /// An expired request: nothing but its status is known (its labels come with its end).

@@ -1,11 +1,11 @@
 //! Client sessions: active, opened, closed (by reason) and how long they lasted, from the
 //! kernel timestamps of the open and close probes.
 
-use observer_common::{ProbeEvent, field, kind};
+use observer_common::{ProbeEvent, field, kind, low};
 use prometheus::IntCounterVec;
 
 use super::{LIFETIME_BUCKETS, ObserverMetrics, Scope, counter_vec, gauge_vec, histogram_vec, live::Live};
-use crate::events::{DecodeError, low_u32, name, names};
+use crate::decode::{DecodeError, name, names};
 
 pub struct Sessions {
     /// Active sessions and their durations, by transport.
@@ -53,7 +53,7 @@ impl Sessions {
         label: impl Fn(usize) -> String,
         observer: &ObserverMetrics,
     ) -> Result<(), DecodeError> {
-        let reason = name(names::SESSION_CLOSE_REASON, "session close reason", low_u32(ev.value))?;
+        let reason = name(names::SESSION_CLOSE_REASON, "session close reason", u64::from(low(ev.value)))?;
         let transport = label(field::TRANSPORT);
         self.live.close(ev, observer);
         self.closed.with_label_values(&[transport.as_str(), reason]).inc();

@@ -2,11 +2,11 @@
 //! direction, how long each lasted, the timeouts that ended them (keepalive or
 //! retransmission), resets and retransmissions.
 
-use observer_common::{ProbeEvent, kind};
+use observer_common::{ProbeEvent, high, kind, low};
 use prometheus::IntCounterVec;
 
 use super::{ObserverMetrics, Scope, counter_vec, gauge_vec, histogram_vec, live::Live};
-use crate::events::{DecodeError, low_u32, name, names};
+use crate::decode::{DecodeError, name, names};
 
 /// Connections live from a health check's milliseconds to a streaming client's day.
 const DURATION_BUCKETS: &[f64] = &[
@@ -86,7 +86,7 @@ impl Tcp {
     }
 
     pub fn record(&self, ev: &ProbeEvent, observer: &ObserverMetrics) -> Result<(), DecodeError> {
-        let direction = name(names::DIRECTION, "direction", low_u32(ev.value))?;
+        let direction = name(names::DIRECTION, "direction", u64::from(low(ev.value)))?;
         match ev.header.kind {
             kind::TCP_OPEN => {
                 if self.live.open(ev, direction) {
@@ -98,7 +98,7 @@ impl Tcp {
                 self.live.close(ev, observer);
             }
             kind::TCP_TIMEOUT => {
-                let timer = name(names::TIMEOUT, "timeout kind", ev.value >> 32)?;
+                let timer = name(names::TIMEOUT, "timeout kind", u64::from(high(ev.value)))?;
                 self.timeouts.with_label_values(&[direction, timer]).inc();
             }
             kind::TCP_RESET => self.resets.with_label_values(&[direction]).inc(),
