@@ -22,7 +22,7 @@ struct Args {
     /// The testbed proxy, built with its probe calls.
     #[arg(long, default_value = "target/release/mcp-testbed")]
     testbed: PathBuf,
-    /// The same proxy built with `--features without-probes`.
+    /// The same proxy built with `RUSTFLAGS="--cfg mcp_probes_disabled"`: no probe calls.
     #[arg(long, default_value = "target/bench-without-probes/release/mcp-testbed")]
     testbed_without_probes: PathBuf,
     /// The probe-calling load (`mcp-bench-load`).

@@ -20,11 +20,15 @@
 //! # Features
 //!
 //! - `std` (on by default): the guards. Without it the crate is `no_std`.
-//! - `disabled` (off by default): the safe wrappers ([`request_start`], [`request_end`],
-//!   … every `pub fn` of this crate) do nothing and call no probe, so a benchmark can
-//!   compare a proxy built with its probe calls against the same proxy without them.
-//!   Never for production: the observer then sees nothing. The raw `mcp_probe_*`
-//!   functions and the `.note.mcp_probes` ELF note stay.
+//!
+//! # For benchmarks only: `--cfg mcp_probes_disabled`
+//!
+//! Built with `RUSTFLAGS="--cfg mcp_probes_disabled"`, the safe wrappers
+//! ([`request_start`], [`request_end`], … and so the guards) do nothing and call no probe,
+//! so a benchmark can compare a proxy built with its probe calls against the same proxy
+//! without them. A `cfg` rather than a feature: Cargo unifies features, so any crate of a
+//! build enabling one would silently switch off every probe of the binary. The raw
+//! `mcp_probe_*` functions and the `.note.mcp_probes` ELF note stay.
 #![no_std]
 
 #[cfg(feature = "std")]
@@ -285,7 +289,7 @@ pub struct RequestLabels<'a> {
 /// flight; the observer pairs start and end by (process, id) to measure latency.
 #[inline]
 pub fn request_start(id: u64) {
-    if cfg!(feature = "disabled") {
+    if cfg!(mcp_probes_disabled) {
         return;
     }
     mcp_probe_request_start(id);
@@ -308,7 +312,7 @@ pub fn request_end_after(id: u64, labels: &RequestLabels<'_>, elapsed: core::tim
 
 #[inline]
 fn end_request(id: u64, labels: &RequestLabels<'_>, elapsed_us: u32) {
-    if cfg!(feature = "disabled") {
+    if cfg!(mcp_probes_disabled) {
         return;
     }
     let end = RequestEnd {
@@ -326,7 +330,7 @@ fn end_request(id: u64, labels: &RequestLabels<'_>, elapsed_us: u32) {
 /// The ACL allowed or denied `identity` a call to `tool` of `server`.
 #[inline]
 pub fn acl_decision(identity: &str, server: &str, tool: &str, decision: Decision) {
-    if cfg!(feature = "disabled") {
+    if cfg!(mcp_probes_disabled) {
         return;
     }
     let check = AclCheck {
@@ -342,7 +346,7 @@ pub fn acl_decision(identity: &str, server: &str, tool: &str, decision: Decision
 /// A client failed to authenticate.
 #[inline]
 pub fn auth_failure(reason: AuthFailure) {
-    if cfg!(feature = "disabled") {
+    if cfg!(mcp_probes_disabled) {
         return;
     }
     mcp_probe_auth_failure(reason as u32);
@@ -352,7 +356,7 @@ pub fn auth_failure(reason: AuthFailure) {
 /// the process's backend connections; the observer pairs start, end and disconnect by them.
 #[inline]
 pub fn backend_connect_start(connection: u64) {
-    if cfg!(feature = "disabled") {
+    if cfg!(mcp_probes_disabled) {
         return;
     }
     mcp_probe_backend_connect_start(connection);
@@ -361,7 +365,7 @@ pub fn backend_connect_start(connection: u64) {
 /// Connecting `connection` (to `server`) ended.
 #[inline]
 pub fn backend_connect_end(connection: u64, server: &str, kind: ConnectKind, result: ConnectResult) {
-    if cfg!(feature = "disabled") {
+    if cfg!(mcp_probes_disabled) {
         return;
     }
     let end = BackendConnect { server: ProbeStr::new(server), kind: kind as u32, result: result as u32 };
@@ -371,7 +375,7 @@ pub fn backend_connect_end(connection: u64, server: &str, kind: ConnectKind, res
 /// The connected `connection` (to `server`) went away.
 #[inline]
 pub fn backend_disconnect(connection: u64, server: &str, reason: DisconnectReason) {
-    if cfg!(feature = "disabled") {
+    if cfg!(mcp_probes_disabled) {
         return;
     }
     let disconnect = BackendDisconnect { server: ProbeStr::new(server), reason: reason as u32, reserved: 0 };
@@ -382,7 +386,7 @@ pub fn backend_disconnect(connection: u64, server: &str, reason: DisconnectReaso
 /// every idle-reaper pass, so that an observer attached later learns it soon.
 #[inline]
 pub fn backends_configured(count: u64) {
-    if cfg!(feature = "disabled") {
+    if cfg!(mcp_probes_disabled) {
         return;
     }
     mcp_probe_backends_configured(count);
@@ -391,7 +395,7 @@ pub fn backends_configured(count: u64) {
 /// An idle-reaper pass begins.
 #[inline]
 pub fn idle_reaper_run() {
-    if cfg!(feature = "disabled") {
+    if cfg!(mcp_probes_disabled) {
         return;
     }
     mcp_probe_idle_reaper_run();
@@ -401,7 +405,7 @@ pub fn idle_reaper_run() {
 /// process's open sessions.
 #[inline]
 pub fn session_open(session: u64, transport: &str) {
-    if cfg!(feature = "disabled") {
+    if cfg!(mcp_probes_disabled) {
         return;
     }
     let info = Session { transport: ProbeStr::new(transport), reason: 0, reserved: 0 };
@@ -411,7 +415,7 @@ pub fn session_open(session: u64, transport: &str) {
 /// Client session `session` on `transport` closed.
 #[inline]
 pub fn session_close(session: u64, transport: &str, reason: SessionCloseReason) {
-    if cfg!(feature = "disabled") {
+    if cfg!(mcp_probes_disabled) {
         return;
     }
     let info = Session { transport: ProbeStr::new(transport), reason: reason as u32, reserved: 0 };
@@ -421,7 +425,7 @@ pub fn session_close(session: u64, transport: &str, reason: SessionCloseReason) 
 /// The tool cache of `server` now holds `entries` tools.
 #[inline]
 pub fn tool_cache_size(server: &str, entries: u64) {
-    if cfg!(feature = "disabled") {
+    if cfg!(mcp_probes_disabled) {
         return;
     }
     mcp_probe_tool_cache_size(&ToolCache { server: ProbeStr::new(server), entries });
@@ -430,7 +434,7 @@ pub fn tool_cache_size(server: &str, entries: u64) {
 /// One classifier-cache lookup for a tool of `server`.
 #[inline]
 pub fn classifier_cache(server: &str, outcome: CacheOutcome) {
-    if cfg!(feature = "disabled") {
+    if cfg!(mcp_probes_disabled) {
         return;
     }
     let lookup = ClassifierLookup { server: ProbeStr::new(server), outcome: outcome as u32, reserved: 0 };
@@ -440,7 +444,7 @@ pub fn classifier_cache(server: &str, outcome: CacheOutcome) {
 /// The proxy spawned child process `pid` for the stdio backend `server`.
 #[inline]
 pub fn child_spawn(server: &str, pid: u32) {
-    if cfg!(feature = "disabled") {
+    if cfg!(mcp_probes_disabled) {
         return;
     }
     mcp_probe_child_spawn(&ChildSpawn { server: ProbeStr::new(server), pid, reserved: 0 });

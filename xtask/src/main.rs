@@ -88,18 +88,14 @@ fn main() -> anyhow::Result<()> {
 /// Runs the benchmarks (`benchmarks/README.md`) on the release build; the figures also go
 /// to `target/bench/results.md`.
 fn bench(quick: bool) -> anyhow::Result<()> {
-    // The baseline proxy without probe calls, in a target directory of its own: features
-    // are unified within one.
-    cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "mcp-testbed",
-        "--features",
-        "without-probes",
-        "--target-dir",
-        "target/bench-without-probes",
-    ])?;
+    // The baseline proxy without probe calls (mcp-probes' benchmark-only cfg), in a target
+    // directory of its own.
+    exec(
+        Command::new("cargo")
+            .args(["build", "--release", "--package", "mcp-testbed"])
+            .args(["--target-dir", "target/bench-without-probes"])
+            .env("RUSTFLAGS", "--cfg mcp_probes_disabled"),
+    )?;
     std::fs::create_dir_all("target/bench")?;
     let mut command = Command::new("target/release/mcp-observe-bench");
     command.args(["--markdown", "target/bench/results.md"]);
