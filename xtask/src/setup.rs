@@ -11,8 +11,8 @@ use crate::{exec, manifests::PYTHON_PACKAGES};
 /// for the kernel-hook tests: network namespaces, nftables, sysctl and pkill, setpriv and
 /// unshare, the system Python that plays a proxy without probes, Prometheus (with
 /// promtool) for the rules' unit tests and the PromQL test, tmux to drive `top`, and for
-/// the VM stage QEMU, busybox and cpio (its initramfs).
-const APT_PACKAGES: [&str; 15] = [
+/// the VM stage QEMU and cpio (its initramfs; busybox comes from the VM stage's own cache).
+const APT_PACKAGES: [&str; 14] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "bpftool",
@@ -26,7 +26,6 @@ const APT_PACKAGES: [&str; 15] = [
     "prometheus",
     "tmux",
     "qemu-system-x86",
-    "busybox-static",
     "cpio",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

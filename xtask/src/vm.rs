@@ -5,9 +5,10 @@
 //! `observer/tests/kernel/kernels.rs`'s `on_every_kernel` module run against that kernel;
 //! their output comes back on a second serial port.
 //!
-//! Kernels are fetched once through an apt state of our own (sources, lists and archives
-//! under the cache; never the host's `/etc/apt`) into `${XDG_CACHE_HOME:-~/.cache}/mcp-observe`,
-//! outside the work tree, so that CI's fresh clone finds them.
+//! Kernels and busybox are fetched once through an apt state of our own (sources, lists and
+//! archives under the cache; never the host's `/etc/apt`) into
+//! `${XDG_CACHE_HOME:-~/.cache}/mcp-observe`, outside the work tree, so that CI's fresh
+//! clone finds them.
 
 use std::{
     collections::BTreeSet,
@@ -71,12 +72,8 @@ struct Kernel {
     vmlinuz: PathBuf,
 }
 
-/// The kernel of `suite`, fetched and unpacked once.
-fn fetch(suite: &str) -> anyhow::Result<Kernel> {
-    let dir = cache()?.join("kernels").join(suite);
-    if let Some(found) = unpacked(&dir)? {
-        return Ok(found);
-    }
+/// The private apt state, its lists updated: the options that select it.
+fn apt_state() -> anyhow::Result<Vec<String>> {
     let apt = cache()?.join("apt");
     for sub in ["sources.list.d", "lists/partial", "cache/archives/partial"] {
         std::fs::create_dir_all(apt.join(sub))?;
@@ -93,6 +90,38 @@ fn fetch(suite: &str) -> anyhow::Result<Kernel> {
     std::fs::write(apt.join("sources.list"), sources)?;
     let options = apt_options(&apt);
     exec(Command::new("apt-get").args(&options).arg("update"))?;
+    Ok(options)
+}
+
+/// Debian `suite`'s `package`, downloaded and unpacked into `dir/root` once: unpacked
+/// beside it and renamed, so that an interrupted run leaves nothing half-written.
+fn unpack(options: &[String], suite: &str, package: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let (root, partial, debs) = (dir.join("root"), dir.join("root.partial"), dir.join("debs"));
+    for stale in [&partial, &debs] {
+        let _ = std::fs::remove_dir_all(stale);
+    }
+    std::fs::create_dir_all(&debs)?;
+    exec(
+        Command::new("apt-get")
+            .current_dir(&debs)
+            .args(options)
+            .args(["download", &format!("{package}/{suite}")]),
+    )?;
+    for deb in std::fs::read_dir(&debs)? {
+        exec(Command::new("dpkg-deb").arg("-x").arg(deb?.path()).arg(&partial))?;
+    }
+    std::fs::remove_dir_all(&debs)?;
+    std::fs::rename(&partial, &root)?;
+    Ok(root)
+}
+
+/// The kernel of `suite`, fetched and unpacked once.
+fn fetch(suite: &str) -> anyhow::Result<Kernel> {
+    let dir = cache()?.join("kernels").join(suite);
+    if let Some(found) = unpacked(&dir)? {
+        return Ok(found);
+    }
+    let options = apt_state()?;
     // The metapackage depends on the versioned image package, which holds vmlinuz.
     let shown = Command::new("apt-cache")
         .args(&options)
@@ -106,27 +135,26 @@ fn fetch(suite: &str) -> anyhow::Result<Kernel> {
         .flat_map(|d| d.split(','))
         .map(|d| d.split(['(', '|']).next().unwrap_or_default().trim())
         .find(|d| d.starts_with("linux-image-") && !d.ends_with("-unsigned"))
-        .with_context(|| {
-            format!("no linux-image-amd64 in Debian {suite} in the apt lists under {}", apt.display())
-        })?
+        .with_context(|| format!("no linux-image-amd64 in Debian {suite} in the private apt lists"))?
         .to_string();
-    let debs = dir.join("debs");
-    std::fs::create_dir_all(&debs)?;
-    exec(
-        Command::new("apt-get")
-            .current_dir(&debs)
-            .args(&options)
-            .args(["download", &format!("{image}/{suite}")]),
-    )?;
-    let root = dir.join("root");
-    for deb in std::fs::read_dir(&debs)? {
-        exec(Command::new("dpkg-deb").arg("-x").arg(deb?.path()).arg(&root))?;
-    }
-    std::fs::remove_dir_all(&debs)?;
+    let root = unpack(&options, suite, &image, &dir)?;
     // Only the image is booted; its modules are not needed.
     let _ = std::fs::remove_dir_all(root.join("lib/modules"));
     let _ = std::fs::remove_dir_all(root.join("usr/lib/modules"));
     unpacked(&dir)?.with_context(|| format!("{} holds no boot/vmlinuz-*", root.display()))
+}
+
+/// Debian bookworm's static busybox (the initramfs's shell and tools), fetched once.
+fn busybox() -> anyhow::Result<PathBuf> {
+    let dir = cache()?.join("busybox");
+    let find = |root: &Path| {
+        ["bin/busybox", "usr/bin/busybox"].map(|p| root.join(p)).into_iter().find(|p| p.is_file())
+    };
+    if let Some(found) = find(&dir.join("root")) {
+        return Ok(found);
+    }
+    let root = unpack(&apt_state()?, "bookworm", "busybox-static", &dir)?;
+    find(&root).with_context(|| format!("busybox-static unpacked into {} holds no busybox", root.display()))
 }
 
 fn unpacked(dir: &Path) -> anyhow::Result<Option<Kernel>> {
@@ -194,9 +222,10 @@ fn initramfs(
         place(staging, &file)?;
     }
     // busybox is static: no libraries.
-    std::fs::copy("/usr/bin/busybox", staging.join("bin/busybox"))
-        .context("copying /usr/bin/busybox: run `cargo xtask setup`")?;
-    for applet in crate::setup::output("/usr/bin/busybox", &["--list"]).lines().filter(|a| !a.is_empty()) {
+    let busybox = busybox()?;
+    std::fs::copy(&busybox, staging.join("bin/busybox"))?;
+    let applets = crate::setup::output(&busybox.display().to_string(), &["--list"]);
+    for applet in applets.lines().filter(|a| !a.is_empty()) {
         let at = staging.join("bin").join(applet);
         if std::fs::symlink_metadata(&at).is_err() {
             std::os::unix::fs::symlink("busybox", &at)
