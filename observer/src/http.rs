@@ -1,9 +1,7 @@
-//! `/metrics`, `/healthz` and `/readyz`.
+//! `/metrics`, `/healthz` and `/readyz`: a router only; what a scrape refreshes is the
+//! agent's state's (`state`).
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::{Arc, atomic::Ordering};
 
 use axum::{
     Router,
@@ -13,29 +11,7 @@ use axum::{
     routing::get,
 };
 
-use crate::{maps::KernelMaps, metrics::Metrics};
-
-pub struct AppState {
-    pub metrics: Arc<Metrics>,
-    pub kernel: Mutex<KernelMaps>,
-    /// `--pid`: every probe of every target is attached and no target has exited.
-    /// Node-wide: the first scan of /proc is done.
-    pub ready: AtomicBool,
-}
-
-impl AppState {
-    /// Folds the kernel maps into the metrics, after forgetting the processes in `exited`.
-    /// Blocking: walking a full in-flight map takes syscalls per entry.
-    pub fn refresh(&self, exited: &[u32]) {
-        let mut kernel = self.kernel.lock().expect("kernel maps lock");
-        for &pid in exited {
-            kernel.forget_process(pid, &self.metrics);
-            self.metrics.forget_process(pid);
-        }
-        kernel.refresh(&self.metrics);
-        self.metrics.tick();
-    }
-}
+use crate::state::AppState;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()

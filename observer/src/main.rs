@@ -15,6 +15,7 @@ mod metrics;
 mod probes;
 mod ring;
 mod spans;
+mod state;
 mod targets;
 mod top;
 mod tracefs;
@@ -34,12 +35,12 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     error::ObserveError,
-    http::AppState,
     labels::{IdentityMode, LabelConfig},
     loader::{LoadOptions, Loaded, RingConfig},
     maps::monotonic_ns,
     metrics::Metrics,
     probes::{Executable, ProbeTable, Search},
+    state::AppState,
     targets::{Added, Targets},
 };
 

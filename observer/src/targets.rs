@@ -16,10 +16,10 @@ use std::{
 
 use crate::{
     error::ObserveError,
-    http::AppState,
     loader::{Loaded, ProbeLink},
     maps::monotonic_ns,
     probes::{Executable, ProbeTable, Search},
+    state::AppState,
     tree::{self, Snapshot},
     workload::{self, WorkloadLabels},
 };
