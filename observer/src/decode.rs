@@ -35,7 +35,12 @@ pub enum DecodeError {
 }
 
 /// The label of ABI value `value` in `table` (one of [`names`]).
-pub fn name(table: &[&'static str], what: &'static str, value: u64) -> Result<&'static str, DecodeError> {
+pub fn name(
+    table: &[&'static str],
+    what: &'static str,
+    value: impl Into<u64>,
+) -> Result<&'static str, DecodeError> {
+    let value = value.into();
     usize::try_from(value).ok().and_then(|i| table.get(i).copied()).ok_or(DecodeError::Value { what, value })
 }
 
@@ -134,9 +139,9 @@ mod tests {
 
     #[test]
     fn abi_values_have_labels_and_others_are_errors() {
-        assert_eq!(name(names::STATUS, "status", 6), Ok("connect_failed"));
-        assert_eq!(name(names::STATUS, "status", 7), Err(DecodeError::Value { what: "status", value: 7 }));
-        assert_eq!(name(names::DISCONNECT_REASON, "reason", 2), Ok("shutdown"));
+        assert_eq!(name(names::STATUS, "status", 6u32), Ok("connect_failed"));
+        assert_eq!(name(names::STATUS, "status", 7u32), Err(DecodeError::Value { what: "status", value: 7 }));
+        assert_eq!(name(names::DISCONNECT_REASON, "reason", 2u32), Ok("shutdown"));
         assert!(name(names::DECISION, "decision", u64::MAX).is_err());
     }
 }

@@ -217,17 +217,16 @@ impl Proxy {
         let mut request = Request::start(TRANSPORT);
         let started = Instant::now();
         let finish = self.finish(&mut request, started, &headers, &message, &id);
-        let Some(limit) = self.request_timeout else {
-            let (status, response) = finish.await;
-            self.end(request, status);
-            return response;
+        let finished = match self.request_timeout {
+            Some(limit) => tokio::time::timeout(limit, finish).await.ok(),
+            None => Some(finish.await),
         };
-        match tokio::time::timeout(limit, finish).await {
-            Ok((status, response)) => {
+        match finished {
+            Some((status, response)) => {
                 self.end(request, status);
                 response
             }
-            Err(_) => {
+            None => {
                 if !self.end_timed_out_requests {
                     // Like `mcp serve`: nothing ends it, the observer must expire it.
                     let _unended = request.into_raw();
@@ -251,8 +250,8 @@ impl Proxy {
         }
     }
 
-    /// Authenticates, dispatches and ends the request for the probes (and the in-process
-    /// metrics).
+    /// Authenticates and dispatches, setting the request's labels as they become known;
+    /// records the in-process metrics and returns the status to end the request with.
     async fn finish(
         &self,
         request: &mut Request,

@@ -72,8 +72,12 @@ struct Kernel {
     vmlinuz: PathBuf,
 }
 
-/// The private apt state, its lists updated: the options that select it.
+/// The private apt state, its lists updated once per run: the options that select it.
 fn apt_state() -> anyhow::Result<Vec<String>> {
+    static UPDATED: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    if let Some(options) = UPDATED.get() {
+        return Ok(options.clone());
+    }
     let apt = cache()?.join("apt");
     for sub in ["sources.list.d", "lists/partial", "cache/archives/partial"] {
         std::fs::create_dir_all(apt.join(sub))?;
@@ -90,7 +94,7 @@ fn apt_state() -> anyhow::Result<Vec<String>> {
     std::fs::write(apt.join("sources.list"), sources)?;
     let options = apt_options(&apt);
     exec(Command::new("apt-get").args(&options).arg("update"))?;
-    Ok(options)
+    Ok(UPDATED.get_or_init(|| options).clone())
 }
 
 /// Debian `suite`'s `package`, downloaded and unpacked into `dir/root` once: unpacked

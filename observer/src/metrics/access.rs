@@ -39,7 +39,7 @@ impl Access {
     }
 
     pub fn acl_decision(&self, ev: &ProbeEvent, labels: &dyn Resolve) -> Result<(), DecodeError> {
-        let decision = name(names::DECISION, "ACL decision", u64::from(low(ev.value)))?;
+        let decision = name(names::DECISION, "ACL decision", low(ev.value))?;
         let slots = [field::IDENTITY, field::SERVER, field::TOOL];
         self.acl_series.record(
             ev,

@@ -74,7 +74,7 @@ impl Caches {
     }
 
     pub fn classifier_lookup(&self, ev: &ProbeEvent, labels: &dyn Resolve) -> Result<(), DecodeError> {
-        let outcome = name(names::CACHE_OUTCOME, "classifier cache outcome", u64::from(low(ev.value)))?;
+        let outcome = name(names::CACHE_OUTCOME, "classifier cache outcome", low(ev.value))?;
         let counter = if outcome == "hit" { &self.classifier_hits } else { &self.classifier_misses };
         self.classifier_series.record(
             ev,

@@ -99,8 +99,8 @@ impl Pool {
         label: impl Fn(usize) -> String,
         observer: &ObserverMetrics,
     ) -> Result<(), DecodeError> {
-        let connect_kind = name(names::CONNECT_KIND, "connect kind", u64::from(low(ev.value)))?;
-        let result = name(names::CONNECT_RESULT, "connect result", u64::from(high(ev.value)))?;
+        let connect_kind = name(names::CONNECT_KIND, "connect kind", low(ev.value))?;
+        let result = name(names::CONNECT_RESULT, "connect result", high(ev.value))?;
         let server = label(field::SERVER);
         match self.connecting().close(ev.header.tgid, ev.id, ev.header.ts_ns) {
             Some(((), seconds)) => self.connect_duration.with_label_values(&[&server]).observe(seconds),
@@ -135,7 +135,7 @@ impl Pool {
         label: impl Fn(usize) -> String,
         observer: &ObserverMetrics,
     ) -> Result<(), DecodeError> {
-        let reason = name(names::DISCONNECT_REASON, "disconnect reason", u64::from(low(ev.value)))?;
+        let reason = name(names::DISCONNECT_REASON, "disconnect reason", low(ev.value))?;
         let server = label(field::SERVER);
         self.connections.close(ev, observer);
         self.disconnects.with_label_values(&[server.as_str(), reason]).inc();

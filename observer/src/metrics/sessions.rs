@@ -53,7 +53,7 @@ impl Sessions {
         label: impl Fn(usize) -> String,
         observer: &ObserverMetrics,
     ) -> Result<(), DecodeError> {
-        let reason = name(names::SESSION_CLOSE_REASON, "session close reason", u64::from(low(ev.value)))?;
+        let reason = name(names::SESSION_CLOSE_REASON, "session close reason", low(ev.value))?;
         let transport = label(field::TRANSPORT);
         self.live.close(ev, observer);
         self.closed.with_label_values(&[transport.as_str(), reason]).inc();

@@ -86,7 +86,7 @@ impl Tcp {
     }
 
     pub fn record(&self, ev: &ProbeEvent, observer: &ObserverMetrics) -> Result<(), DecodeError> {
-        let direction = name(names::DIRECTION, "direction", u64::from(low(ev.value)))?;
+        let direction = name(names::DIRECTION, "direction", low(ev.value))?;
         match ev.header.kind {
             kind::TCP_OPEN => {
                 if self.live.open(ev, direction) {
@@ -98,7 +98,7 @@ impl Tcp {
                 self.live.close(ev, observer);
             }
             kind::TCP_TIMEOUT => {
-                let timer = name(names::TIMEOUT, "timeout kind", u64::from(high(ev.value)))?;
+                let timer = name(names::TIMEOUT, "timeout kind", high(ev.value))?;
                 self.timeouts.with_label_values(&[direction, timer]).inc();
             }
             kind::TCP_RESET => self.resets.with_label_values(&[direction]).inc(),
