@@ -12,10 +12,14 @@ use std::{
     time::Duration,
 };
 
-use observer_common::kind;
 use tokio::io::unix::AsyncFd;
 
-use crate::{decode::decode, metrics::Metrics, ring::Ring, targets::Lifecycle};
+use crate::{
+    decode::{self, DecodeError, Decoded, Event},
+    metrics::{Metrics, ObserverMetrics},
+    ring::Ring,
+    targets::Lifecycle,
+};
 
 /// Drains `ring` (of `ring_bytes`) into `metrics` forever: on a timer paced by [`Pace`],
 /// and whenever the kernel wakes us. Process execs and target exits also go to `lifecycle`.
@@ -78,13 +82,13 @@ impl Pace {
 fn drain(ring: &mut Ring, metrics: &Metrics, lifecycle: &SyncSender<Option<Lifecycle>>) -> usize {
     let start = crate::maps::monotonic_ns();
     let _batch = metrics.batch();
-    let read = ring.drain(|record| match decode(record) {
-        Ok(event) => {
-            metrics.record(event);
-            let (pid, ns) = (event.header.tgid, event.header.ts_ns);
-            let told = match event.header.kind {
-                kind::PROCESS_EXEC => Some(Lifecycle::Exec { pid, ns }),
-                kind::TARGET_EXIT => Some(Lifecycle::Exit { pid, ns }),
+    let read = ring.drain(|bytes| match decode(bytes, &metrics.observer) {
+        Ok(ev) => {
+            metrics.record(&ev);
+            let (pid, ns) = (ev.at.tgid, ev.at.ts_ns);
+            let told = match ev.event {
+                Event::ProcessExec => Some(Lifecycle::Exec { pid, ns }),
+                Event::TargetExit => Some(Lifecycle::Exit { pid, ns }),
                 _ => None,
             };
             // Full: the targets' periodic checks of /proc catch up.
@@ -98,6 +102,14 @@ fn drain(ring: &mut Ring, metrics: &Metrics, lifecycle: &SyncSender<Option<Lifec
     });
     metrics.drained(start);
     read
+}
+
+/// The event in `bytes`, counted as received by its kind even when one of its values
+/// turns out undefined.
+fn decode<'a>(bytes: &'a [u8], observer: &ObserverMetrics) -> Result<Decoded<'a>, DecodeError> {
+    let record = decode::check(bytes)?;
+    observer.received(record.header.kind);
+    decode::event(record)
 }
 
 #[cfg(test)]

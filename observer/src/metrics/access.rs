@@ -1,13 +1,13 @@
 //! ACL decisions and authentication failures.
 
-use observer_common::{ProbeEvent, field, low};
+use observer_common::field;
 use prometheus::{IntCounter, IntCounterVec};
 
 use super::{
     Scope, counter_vec,
     series_cache::{Resolve, SeriesCache},
 };
-use crate::decode::{DecodeError, name, names};
+use crate::decode::{AuthFailure, Decision, Strings};
 
 pub struct Access {
     acl_decisions: IntCounterVec,
@@ -32,31 +32,27 @@ impl Access {
                 &["reason"],
             ),
         };
-        for reason in names::AUTH_FAILURE {
-            access.auth_failures.with_label_values(&[reason]);
+        for reason in AuthFailure::ALL {
+            access.auth_failures.with_label_values(&[reason.label()]);
         }
         access
     }
 
-    pub fn acl_decision(&self, ev: &ProbeEvent, labels: &dyn Resolve) -> Result<(), DecodeError> {
-        let decision = name(names::DECISION, "ACL decision", low(ev.value))?;
-        let slots = [field::IDENTITY, field::SERVER, field::TOOL];
+    /// `labels`: the identity, server and tool.
+    pub fn acl_decision(&self, decision: Decision, labels: Strings, resolve: &dyn Resolve) {
         self.acl_series.record(
-            ev,
-            slots,
-            u64::from(low(ev.value)),
             labels,
+            [field::IDENTITY, field::SERVER, field::TOOL],
+            decision as u64,
+            resolve,
             |[identity, server, tool]| {
-                self.acl_decisions.with_label_values(&[identity.as_str(), &server, &tool, decision])
+                self.acl_decisions.with_label_values(&[identity.as_str(), &server, &tool, decision.label()])
             },
             IntCounter::inc,
         );
-        Ok(())
     }
 
-    pub fn auth_failure(&self, ev: &ProbeEvent) -> Result<(), DecodeError> {
-        let reason = name(names::AUTH_FAILURE, "authentication failure reason", ev.value)?;
-        self.auth_failures.with_label_values(&[reason]).inc();
-        Ok(())
+    pub fn auth_failure(&self, reason: AuthFailure) {
+        self.auth_failures.with_label_values(&[reason.label()]).inc();
     }
 }

@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use observer_common::{ProbeEvent, field, low};
+use observer_common::field;
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec};
 
 use super::{
@@ -10,7 +10,7 @@ use super::{
     series_cache::{Resolve, SeriesCache},
 };
 use crate::{
-    decode::{DecodeError, name, names, string},
+    decode::{CacheOutcome, Label, Strings},
     spans::MAX_OPEN,
 };
 
@@ -58,13 +58,14 @@ impl Caches {
         }
     }
 
-    pub fn tool_cache_size(&self, ev: &ProbeEvent, label: String) {
+    /// Process `tgid`'s tool cache of `server` (exported as `label`) holds `entries`.
+    pub fn tool_cache_size(&self, tgid: u32, server: Label, label: String, entries: u64) {
         let mut sizes = self.sizes.lock().expect("cache sizes lock");
-        let key = (ev.header.tgid, string(ev, field::SERVER).to_vec());
+        let key = (tgid, server.bytes.to_vec());
         if sizes.len() >= MAX_OPEN && !sizes.contains_key(&key) {
             return;
         }
-        sizes.insert(key, Size { label: label.clone(), entries: ev.value });
+        sizes.insert(key, Size { label: label.clone(), entries });
         self.export(&sizes, &label);
     }
 
@@ -73,18 +74,20 @@ impl Caches {
         self.tool_cache_entries.with_label_values(&[label]).set(gauge_value(entries));
     }
 
-    pub fn classifier_lookup(&self, ev: &ProbeEvent, labels: &dyn Resolve) -> Result<(), DecodeError> {
-        let outcome = name(names::CACHE_OUTCOME, "classifier cache outcome", low(ev.value))?;
-        let counter = if outcome == "hit" { &self.classifier_hits } else { &self.classifier_misses };
+    /// `labels`: the server.
+    pub fn classifier_lookup(&self, outcome: CacheOutcome, labels: Strings, resolve: &dyn Resolve) {
+        let counter = match outcome {
+            CacheOutcome::Hit => &self.classifier_hits,
+            CacheOutcome::Miss => &self.classifier_misses,
+        };
         self.classifier_series.record(
-            ev,
-            [field::SERVER],
-            u64::from(low(ev.value)),
             labels,
+            [field::SERVER],
+            outcome as u64,
+            resolve,
             |[server]| counter.with_label_values(&[&server]),
             IntCounter::inc,
         );
-        Ok(())
     }
 
     pub fn forget(&self, tgid: u32) {

@@ -13,11 +13,13 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use observer_common::{EXIT_STATUS_KNOWN, EXIT_STATUS_UNKNOWN, FLAG_TRUNCATED_SHIFT, ProbeEvent, field};
 use prometheus::{IntCounterVec, IntGaugeVec};
 
 use super::{Scope, counter_vec, gauge_vec};
-use crate::{decode::string, spans::MAX_OPEN};
+use crate::{
+    decode::{ChildOutcome, Label, Stamp},
+    spans::MAX_OPEN,
+};
 
 /// How long a child waits for the probe's name before it is counted under its executable's.
 pub const NAMING_GRACE_NS: u64 = 1_000_000_000;
@@ -33,7 +35,7 @@ struct Unnamed {
     forked_ns: u64,
     execed: bool,
     /// How it exited, if it already did.
-    outcome: Option<&'static str>,
+    outcome: Option<ChildOutcome>,
 }
 
 #[derive(Default)]
@@ -50,16 +52,6 @@ pub struct Children {
     processes: IntGaugeVec,
     spawns: IntCounterVec,
     exits: IntCounterVec,
-}
-
-/// The outcome label of a `CHILD_EXIT` event's value.
-fn outcome(value: u64) -> &'static str {
-    match (value & EXIT_STATUS_KNOWN != 0, value & 0xff) {
-        _ if value & EXIT_STATUS_UNKNOWN != 0 => "unknown",
-        (true, 0) => "clean",
-        (true, _) => "error",
-        (false, _) => "signal",
-    }
 }
 
 /// The file name in a path (the kernel sends a long path's tail).
@@ -107,50 +99,50 @@ impl Children {
         self.state().running.insert((tgid, pid), label);
     }
 
-    pub fn fork(&self, ev: &ProbeEvent) {
+    /// Target `at.tgid` forked child `pid`, whose command name is `command`.
+    pub fn fork(&self, at: Stamp, pid: u32, command: Label) {
         let mut state = self.state();
         // Already counted from the snapshot taken at attach, or too many to follow.
-        if state.running.contains_key(&key(ev)) || state.unnamed.len() >= MAX_OPEN {
+        if state.running.contains_key(&(at.tgid, pid)) || state.unnamed.len() >= MAX_OPEN {
             return;
         }
-        let name = string(ev, field::SERVER);
         // The command name is NUL-padded.
-        let name = name.split(|&b| b == 0).next().unwrap_or(name).to_vec();
-        let child =
-            Unnamed { name, truncated: false, forked_ns: ev.header.ts_ns, execed: false, outcome: None };
-        state.unnamed.insert(key(ev), child);
+        let name = command.bytes.split(|&b| b == 0).next().unwrap_or(command.bytes).to_vec();
+        let child = Unnamed { name, truncated: false, forked_ns: at.ts_ns, execed: false, outcome: None };
+        state.unnamed.insert((at.tgid, pid), child);
     }
 
-    pub fn exec(&self, ev: &ProbeEvent, admit: Admit) {
+    /// Child `pid` of target `tgid` executed `path`.
+    pub fn exec(&self, tgid: u32, pid: u32, path: Label, admit: Admit) {
         let mut state = self.state();
-        let Some(child) = state.unnamed.get_mut(&key(ev)) else { return };
-        child.name = file_name(string(ev, field::SERVER)).to_vec();
-        child.truncated = ev.flags & (1 << (FLAG_TRUNCATED_SHIFT + field::SERVER as u32)) != 0;
+        let Some(child) = state.unnamed.get_mut(&(tgid, pid)) else { return };
+        child.name = file_name(path.bytes).to_vec();
+        child.truncated = path.truncated;
         child.execed = true;
-        if !state.named_by_probe.contains(&ev.header.tgid) {
-            self.count_unnamed(&mut state, key(ev), admit);
+        if !state.named_by_probe.contains(&tgid) {
+            self.count_unnamed(&mut state, (tgid, pid), admit);
         }
     }
 
-    /// The `child_spawn` probe named child `ev.value` of `ev.header.tgid`.
-    pub fn named(&self, ev: &ProbeEvent, label: String) {
-        let key = (ev.header.tgid, ev.value as u32);
+    /// The `child_spawn` probe named child `pid` of target `tgid` `label`.
+    pub fn named(&self, tgid: u32, pid: u32, label: String) {
+        let key = (tgid, pid);
         let mut state = self.state();
         if let Some(child) = state.unnamed.remove(&key) {
             self.count(&mut state, key, child.outcome, label);
         }
     }
 
-    pub fn exit(&self, ev: &ProbeEvent, admit: Admit) {
-        let outcome = outcome(ev.value);
+    pub fn exit(&self, tgid: u32, pid: u32, outcome: ChildOutcome, admit: Admit) {
+        let key = (tgid, pid);
         let mut state = self.state();
-        if let Some(label) = state.running.remove(&key(ev)) {
+        if let Some(label) = state.running.remove(&key) {
             self.processes.with_label_values(&[&label]).dec();
-            self.exits.with_label_values(&[&label, outcome]).inc();
-        } else if let Some(child) = state.unnamed.get_mut(&key(ev)) {
+            self.exits.with_label_values(&[&label, outcome.label()]).inc();
+        } else if let Some(child) = state.unnamed.get_mut(&key) {
             child.outcome = Some(outcome);
-            if !state.named_by_probe.contains(&ev.header.tgid) {
-                self.count_unnamed(&mut state, key(ev), admit);
+            if !state.named_by_probe.contains(&tgid) {
+                self.count_unnamed(&mut state, key, admit);
             }
         }
     }
@@ -192,10 +184,10 @@ impl Children {
         }
     }
 
-    fn count(&self, state: &mut State, key: (u32, u32), outcome: Option<&'static str>, label: String) {
+    fn count(&self, state: &mut State, key: (u32, u32), outcome: Option<ChildOutcome>, label: String) {
         self.spawns.with_label_values(&[&label]).inc();
         match outcome {
-            Some(outcome) => self.exits.with_label_values(&[&label, outcome]).inc(),
+            Some(outcome) => self.exits.with_label_values(&[&label, outcome.label()]).inc(),
             None => {
                 self.processes.with_label_values(&[&label]).inc();
                 state.running.insert(key, label);
@@ -204,26 +196,16 @@ impl Children {
     }
 }
 
-fn key(ev: &ProbeEvent) -> (u32, u32) {
-    (ev.header.tgid, ev.id as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use observer_common::kind;
 
-    fn event(kind: u32, tgid: u32, id: u64, value: u64, ts_ns: u64, name: &[u8]) -> ProbeEvent {
-        // SAFETY: all-zero is a valid ProbeEvent.
-        let mut ev: ProbeEvent = unsafe { std::mem::zeroed() };
-        ev.header.kind = kind;
-        ev.header.tgid = tgid;
-        ev.header.ts_ns = ts_ns;
-        ev.id = id;
-        ev.value = value;
-        ev.strings[..name.len()].copy_from_slice(name);
-        ev.lens[field::SERVER] = name.len() as u16;
-        ev
+    fn at(ts_ns: u64) -> Stamp {
+        Stamp { tgid: 10, ts_ns }
+    }
+
+    fn name(bytes: &[u8]) -> Label<'_> {
+        Label { slot: observer_common::field::SERVER, bytes, truncated: false }
     }
 
     fn admit(name: &[u8], _: bool) -> String {
@@ -244,41 +226,40 @@ mod tests {
     fn a_named_child_is_counted_under_its_backend_and_its_exit_outcome() {
         let children = Children::new(&Scope::detached());
         children.expect_names(10);
-        children.fork(&event(kind::CHILD_FORK, 10, 11, 0, 0, b"proxy\0\0\0"));
-        children.exec(&event(kind::CHILD_EXEC, 10, 11, 0, 1, b"/usr/bin/mcp-testbed"), &admit);
+        children.fork(at(0), 11, name(b"proxy\0\0\0"));
+        children.exec(10, 11, name(b"/usr/bin/mcp-testbed"), &admit);
         assert_eq!(sample(&children, "mcp-testbed"), (0, 0, 0, 0, 0), "waits for the probe");
-        children.named(&event(kind::CHILD_SPAWN, 10, 0, 11, 2, b"alpha"), "alpha".into());
+        children.named(10, 11, "alpha".into());
         assert_eq!(sample(&children, "alpha"), (1, 1, 0, 0, 0));
-        children.exit(&event(kind::CHILD_EXIT, 10, 11, 0, 3, b""), &admit);
+        children.exit(10, 11, ChildOutcome::Signal, &admit);
         assert_eq!(sample(&children, "alpha"), (0, 1, 0, 0, 1));
     }
 
     #[test]
     fn without_the_probe_a_child_is_counted_under_its_executable_at_once() {
         let children = Children::new(&Scope::detached());
-        children.fork(&event(kind::CHILD_FORK, 10, 12, 0, 0, b"python3"));
-        children.exec(&event(kind::CHILD_EXEC, 10, 12, 0, 1, b"/usr/bin/sleep"), &admit);
+        children.fork(at(0), 12, name(b"python3"));
+        children.exec(10, 12, name(b"/usr/bin/sleep"), &admit);
         assert_eq!(sample(&children, "sleep"), (1, 1, 0, 0, 0));
-        children.exit(&event(kind::CHILD_EXIT, 10, 12, EXIT_STATUS_KNOWN, 2, b""), &admit);
-        children.fork(&event(kind::CHILD_FORK, 10, 13, 0, 3, b"python3"));
-        children.exit(&event(kind::CHILD_EXIT, 10, 13, EXIT_STATUS_KNOWN | 3, 4, b""), &admit);
+        children.exit(10, 12, ChildOutcome::Clean, &admit);
+        children.fork(at(3), 13, name(b"python3"));
+        children.exit(10, 13, ChildOutcome::Error, &admit);
         assert_eq!(sample(&children, "sleep"), (0, 1, 1, 0, 0));
         assert_eq!(sample(&children, "python3"), (0, 1, 0, 1, 0), "exited without exec: its command name");
-        assert_eq!(outcome(EXIT_STATUS_UNKNOWN), "unknown");
     }
 
     #[test]
     fn a_child_the_probe_never_names_is_counted_after_the_grace() {
         let children = Children::new(&Scope::detached());
         children.expect_names(10);
-        children.fork(&event(kind::CHILD_FORK, 10, 14, 0, 5, b"proxy"));
-        children.exec(&event(kind::CHILD_EXEC, 10, 14, 0, 6, b"/bin/sh"), &admit);
-        children.exit(&event(kind::CHILD_EXIT, 10, 14, EXIT_STATUS_KNOWN, 7, b""), &admit);
+        children.fork(at(5), 14, name(b"proxy"));
+        children.exec(10, 14, name(b"/bin/sh"), &admit);
+        children.exit(10, 14, ChildOutcome::Clean, &admit);
         children.tick(5 + NAMING_GRACE_NS - 1, &admit);
         assert_eq!(sample(&children, "sh"), (0, 0, 0, 0, 0));
         children.tick(5 + NAMING_GRACE_NS, &admit);
         assert_eq!(sample(&children, "sh"), (0, 1, 1, 0, 0));
-        children.named(&event(kind::CHILD_SPAWN, 10, 0, 14, 8, b"late"), "late".into());
+        children.named(10, 14, "late".into());
         assert_eq!(sample(&children, "late"), (0, 0, 0, 0, 0), "counted once");
     }
 

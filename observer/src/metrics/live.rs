@@ -5,11 +5,10 @@
 
 use std::sync::Mutex;
 
-use observer_common::ProbeEvent;
 use prometheus::{HistogramVec, IntGaugeVec};
 
 use super::ObserverMetrics;
-use crate::spans::Spans;
+use crate::{decode::Stamp, spans::Spans};
 
 pub struct Live {
     open: Mutex<Spans<String>>,
@@ -28,19 +27,19 @@ impl Live {
         self.open.lock().expect("open spans lock")
     }
 
-    /// The event's id opened, under `label`; false if it was already open (or closed:
-    /// its open came twice).
-    pub fn open(&self, ev: &ProbeEvent, label: &str) -> bool {
-        let opened = self.spans().open(ev.header.tgid, ev.id, label.to_string(), ev.header.ts_ns);
+    /// `id` opened, under `label`; false if it was already open (or closed: its open
+    /// came twice).
+    pub fn open(&self, at: Stamp, id: u64, label: &str) -> bool {
+        let opened = self.spans().open(at.tgid, id, label.to_string(), at.ts_ns);
         if opened {
             self.count.with_label_values(&[label]).inc();
         }
         opened
     }
 
-    /// The event's id closed: its duration goes under the label it opened with.
-    pub fn close(&self, ev: &ProbeEvent, observer: &ObserverMetrics) {
-        match self.spans().close(ev.header.tgid, ev.id, ev.header.ts_ns) {
+    /// `id` closed: its duration goes under the label it opened with.
+    pub fn close(&self, at: Stamp, id: u64, observer: &ObserverMetrics) {
+        match self.spans().close(at.tgid, id, at.ts_ns) {
             Some((label, seconds)) => {
                 self.count.with_label_values(&[&label]).dec();
                 self.duration.with_label_values(&[&label]).observe(seconds);

@@ -24,14 +24,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use observer_common::{FLAG_TRUNCATED_SHIFT, InFlightKey, ProbeEvent, counter, field, kind};
+use observer_common::{InFlightKey, counter, field, kind};
 use prometheus::{
     Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder, core::Collector,
 };
 
 use crate::{
-    decode::{DecodeError, string},
+    decode::{DecodeError, Decoded, Event, Label},
     labels::{LabelConfig, LabelPolicy},
     workload::{LABEL_NAMES, WorkloadLabels},
 };
@@ -190,55 +190,62 @@ impl Metrics {
         }
     }
 
-    pub fn record(&self, event: &ProbeEvent) {
-        let kind = event.header.kind;
-        self.observer.received(kind);
-        if matches!(kind, kind::PROCESS_EXEC | kind::TARGET_EXIT) {
+    /// Records `ev` in the series of the workload its process feeds.
+    pub fn record(&self, ev: &Decoded) {
+        if matches!(ev.event, Event::ProcessExec | Event::TargetExit) {
             return;
         }
         // Read-locked while the event is recorded: recording never takes this lock again.
         let workloads = self.workloads();
-        let Some(workload) = workloads.by_tgid.get(&event.header.tgid) else {
+        let Some(workload) = workloads.by_tgid.get(&ev.at.tgid) else {
             self.observer.orphan_events.inc();
             return;
         };
-        if let Err(error) = self.dispatch(workload, event) {
-            self.decode_error(&error);
-        }
+        self.dispatch(workload, *ev);
     }
 
-    /// Each family checks the event's ABI values before it asks for labels: an undefined
-    /// value must not spend a slot of a label's cap.
-    fn dispatch(&self, w: &Workload, ev: &ProbeEvent) -> Result<(), DecodeError> {
-        let label = |slot| self.label(ev, slot);
+    /// Every event to the family that records it, its strings resolved to label values
+    /// (through the label policy) where the family needs them as such.
+    fn dispatch(&self, w: &Workload, Decoded { at, event }: Decoded) {
+        let o = &self.observer;
+        let label = |label: Label| self.admit(label.slot, label.bytes, label.truncated);
         let admit = |name: &[u8], cut| self.admit(field::SERVER, name, cut);
-        match ev.header.kind {
-            kind::REQUEST_END => w.requests.end(ev, self, &self.observer)?,
-            kind::ACL_DECISION => w.access.acl_decision(ev, self)?,
-            kind::AUTH_FAILURE => w.access.auth_failure(ev)?,
-            kind::BACKEND_CONNECT_START => w.pool.connect_start(ev),
-            kind::BACKEND_CONNECT_END => w.pool.connect_end(ev, label, &self.observer)?,
-            kind::BACKEND_DISCONNECT => w.pool.disconnect(ev, label, &self.observer)?,
-            kind::BACKENDS_CONFIGURED => w.pool.configured(ev),
-            kind::IDLE_REAPER_RUN => w.pool.reaper_runs.inc(),
-            kind::CHILD_SPAWN => w.children.named(ev, label(field::SERVER)),
-            kind::SESSION_OPEN => w.sessions.open(ev, label(field::TRANSPORT)),
-            kind::SESSION_CLOSE => w.sessions.close(ev, label, &self.observer)?,
-            kind::TOOL_CACHE_SIZE => w.caches.tool_cache_size(ev, label(field::SERVER)),
-            kind::CLASSIFIER_CACHE => w.caches.classifier_lookup(ev, self)?,
-            kind::TCP_OPEN..=kind::TCP_RETRANSMIT => w.tcp.record(ev, &self.observer)?,
-            kind::CHILD_FORK => w.children.fork(ev),
-            kind::CHILD_EXEC => w.children.exec(ev, &admit),
-            kind::CHILD_EXIT => w.children.exit(ev, &admit),
-            kind => return Err(DecodeError::UnknownKind { kind }),
+        match event {
+            Event::RequestEnd { id, status, timing, labels } => {
+                let key = InFlightKey { tgid: at.tgid, pad: 0, id };
+                w.requests.end(key, status, timing, labels, self, o)
+            }
+            Event::AclDecision { decision, labels } => w.access.acl_decision(decision, labels, self),
+            Event::AuthFailure { reason } => w.access.auth_failure(reason),
+            Event::BackendConnectStart { conn } => w.pool.connect_start(at, conn),
+            Event::BackendConnectEnd { conn, kind, result, server } => {
+                w.pool.connect_end(at, conn, (kind, result), &label(server), o)
+            }
+            Event::BackendDisconnect { conn, reason, server } => {
+                w.pool.disconnect(at, conn, reason, &label(server), o)
+            }
+            Event::BackendsConfigured { count } => w.pool.configured(at.tgid, count),
+            Event::IdleReaperRun => w.pool.reaper_runs.inc(),
+            Event::SessionOpen { session, transport } => w.sessions.open(at, session, &label(transport)),
+            Event::SessionClose { session, reason, transport } => {
+                w.sessions.close(at, session, reason, &label(transport), o)
+            }
+            Event::ToolCacheSize { entries, server } => {
+                w.caches.tool_cache_size(at.tgid, server, label(server), entries)
+            }
+            Event::ClassifierCache { outcome, labels } => w.caches.classifier_lookup(outcome, labels, self),
+            Event::ChildSpawn { pid, server } => w.children.named(at.tgid, pid, label(server)),
+            Event::TcpOpen { socket, direction } => w.tcp.open(at, socket, direction),
+            Event::TcpClose { socket, direction } => w.tcp.close(at, socket, direction, o),
+            Event::TcpReset { direction } => w.tcp.reset(direction),
+            Event::TcpTimeout { direction, kind } => w.tcp.timeout(direction, kind),
+            Event::TcpRetransmit { direction } => w.tcp.retransmit(direction),
+            Event::ChildFork { pid, command } => w.children.fork(at, pid, command),
+            Event::ChildExec { pid, path } => w.children.exec(at.tgid, pid, path, &admit),
+            Event::ChildExit { pid, outcome } => w.children.exit(at.tgid, pid, outcome, &admit),
+            // The targets' lifecycle (see `events`), not a workload's series.
+            Event::ProcessExec | Event::TargetExit => {}
         }
-        Ok(())
-    }
-
-    /// The label value of string slot `slot`: counted when the kernel truncated it, and
-    /// when the label policy folded it into `__other__`.
-    fn label(&self, ev: &ProbeEvent, slot: usize) -> String {
-        series_cache::Resolve::resolve(self, ev, slot).0
     }
 
     /// The value of label `slot` for `bytes`, through the label policy.
@@ -357,18 +364,13 @@ impl Metrics {
 }
 
 impl series_cache::Resolve for Metrics {
-    fn resolve(&self, ev: &ProbeEvent, slot: usize) -> (String, bool) {
-        self.admit_folded(slot, string(ev, slot), truncated(ev, slot))
+    fn resolve(&self, label: Label) -> (String, bool) {
+        self.admit_folded(label.slot, label.bytes, label.truncated)
     }
 
-    fn recount(&self, ev: &ProbeEvent, slot: usize, folded: bool) {
-        self.count_label(slot, truncated(ev, slot), folded);
+    fn recount(&self, label: Label, folded: bool) {
+        self.count_label(label.slot, label.truncated, folded);
     }
-}
-
-/// Whether the kernel cut string slot `slot` of `ev` at its bound.
-fn truncated(ev: &ProbeEvent, slot: usize) -> bool {
-    ev.flags & (1 << (FLAG_TRUNCATED_SHIFT + slot as u32)) != 0
 }
 
 /// Where families are registered, and the constant labels of their series: a workload's
@@ -446,10 +448,19 @@ const LIFETIME_BUCKETS: &[f64] =
 
 #[cfg(test)]
 mod tests {
-    use observer_common::{EventHeader, field};
+    use observer_common::{FLAG_UNTIMED, ProbeEvent, field, pack};
 
     use super::*;
-    use crate::labels::IdentityMode;
+    use crate::{
+        decode::{event, tests::record},
+        labels::IdentityMode,
+    };
+
+    /// Records `record` as the reader would, as process `tgid`'s.
+    fn send(metrics: &Metrics, tgid: u32, mut record: Box<ProbeEvent>) {
+        record.header.tgid = tgid;
+        metrics.record(&event(&record).expect("a valid record"));
+    }
 
     fn metrics() -> Metrics {
         metrics_with_latency(true)
@@ -476,11 +487,8 @@ mod tests {
         }
     }
 
-    fn reaper_run(tgid: u32) -> ProbeEvent {
-        // SAFETY: all-zero is a valid ProbeEvent.
-        let mut ev: ProbeEvent = unsafe { std::mem::zeroed() };
-        ev.header = EventHeader { kind: kind::IDLE_REAPER_RUN, tgid, ts_ns: 1 };
-        ev
+    fn reaper_run(metrics: &Metrics, tgid: u32) {
+        send(metrics, tgid, record(kind::IDLE_REAPER_RUN, 0, 0, &[]));
     }
 
     /// The idle-reaper series of each pod: (pod, value).
@@ -503,14 +511,14 @@ mod tests {
         let metrics = metrics();
         metrics.add_target(10, &pod("a"), false);
         metrics.add_target(20, &pod("b"), false);
-        metrics.record(&reaper_run(10));
-        metrics.record(&reaper_run(20));
+        reaper_run(&metrics, 10);
+        reaper_run(&metrics, 20);
         metrics.forget_process(10);
-        metrics.record(&reaper_run(10));
+        reaper_run(&metrics, 10);
         assert_eq!(metrics.observer.orphan_events.get(), 1, "a forgotten process counts nowhere");
         // The container's new process, under the same labels.
         metrics.add_target(11, &pod("a"), false);
-        metrics.record(&reaper_run(11));
+        reaper_run(&metrics, 11);
         assert_eq!(reaper_runs(&metrics), [("a".into(), "2".into()), ("b".into(), "1".into())]);
         // A second process of the same container: the first one's end does not idle it.
         metrics.add_target(13, &pod("a"), false);
@@ -531,13 +539,8 @@ mod tests {
     fn a_backends_first_connect_creates_its_connect_and_disconnect_series_at_zero() {
         let metrics = metrics();
         metrics.add_target(10, &pod("a"), false);
-        // SAFETY: all-zero is a valid ProbeEvent.
-        let mut ev: ProbeEvent = unsafe { std::mem::zeroed() };
-        ev.header = EventHeader { kind: kind::BACKEND_CONNECT_END, tgid: 10, ts_ns: 1 };
-        ev.value = 1; // a lazy connect, result ok
-        ev.lens[field::SERVER] = 5;
-        ev.strings[..5].copy_from_slice(b"alpha");
-        metrics.record(&ev);
+        // A lazy connect, result ok.
+        send(&metrics, 10, record(kind::BACKEND_CONNECT_END, 1, pack(1, 0), &[(field::SERVER, b"alpha")]));
         let text = metrics.encode();
         let series = |name: &str| -> Vec<String> {
             let mut found: Vec<String> = text
@@ -569,16 +572,10 @@ mod tests {
         );
     }
 
-    fn request_end(tgid: u32, flags: u32, duration_ns: u64) -> ProbeEvent {
-        // SAFETY: all-zero is a valid ProbeEvent.
-        let mut ev: ProbeEvent = unsafe { std::mem::zeroed() };
-        let ts_ns = if flags & observer_common::FLAG_UNTIMED != 0 { observer_common::UNTIMED } else { 1 };
-        ev.header = EventHeader { kind: kind::REQUEST_END, tgid, ts_ns };
-        ev.flags = flags;
-        ev.duration_ns = duration_ns;
-        ev.lens[field::TOOL] = 4;
-        ev.strings[..4].copy_from_slice(b"echo");
-        ev
+    fn request_end(metrics: &Metrics, flags: u32, duration_ns: u64) {
+        let mut end = record(kind::REQUEST_END, 1, 0, &[(field::TOOL, b"echo")]);
+        (end.flags, end.duration_ns) = (flags, duration_ns);
+        send(metrics, 10, end);
     }
 
     #[test]
@@ -586,7 +583,7 @@ mod tests {
         let metrics = metrics_with_latency(false);
         metrics.add_target(10, &pod("a"), false);
         for _ in 0..3 {
-            metrics.record(&request_end(10, observer_common::FLAG_UNTIMED, 0));
+            request_end(&metrics, FLAG_UNTIMED, 0);
         }
         metrics.set_in_flight(&HashMap::new());
         let text = metrics.encode();
@@ -607,7 +604,7 @@ mod tests {
         // The same ends with latency on: in-flight gauges, and a histogram per timed set.
         let metrics = metrics_with_latency(true);
         metrics.add_target(10, &pod("a"), false);
-        metrics.record(&request_end(10, 0, 2_000_000));
+        request_end(&metrics, 0, 2_000_000);
         metrics.set_in_flight(&HashMap::new());
         let text = metrics.encode();
         assert!(text.contains("mcp_proxy_request_duration_seconds_count{"), "{text}");

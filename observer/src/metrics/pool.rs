@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use observer_common::{ProbeEvent, field, high, kind, low};
+use observer_common::kind;
 use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge};
 
 use super::{
@@ -11,7 +11,7 @@ use super::{
     int_counter, int_gauge, live::Live,
 };
 use crate::{
-    decode::{DecodeError, name, names},
+    decode::{ConnectKind, ConnectResult, DisconnectReason, Stamp},
     spans::Spans,
 };
 
@@ -79,14 +79,15 @@ impl Pool {
         }
     }
 
-    pub fn configured(&self, ev: &ProbeEvent) {
+    /// Process `tgid` has `count` backends configured.
+    pub fn configured(&self, tgid: u32, count: u64) {
         let mut by_process = self.configured_by_process.lock().expect("configured lock");
-        by_process.insert(ev.header.tgid, ev.value);
+        by_process.insert(tgid, count);
         self.configured.set(gauge_value(by_process.values().copied()));
     }
 
-    pub fn connect_start(&self, ev: &ProbeEvent) {
-        self.connecting().open(ev.header.tgid, ev.id, (), ev.header.ts_ns);
+    pub fn connect_start(&self, at: Stamp, conn: u64) {
+        self.connecting().open(at.tgid, conn, (), at.ts_ns);
     }
 
     fn connecting(&self) -> std::sync::MutexGuard<'_, Spans<()>> {
@@ -95,23 +96,21 @@ impl Pool {
 
     pub fn connect_end(
         &self,
-        ev: &ProbeEvent,
-        label: impl Fn(usize) -> String,
+        at: Stamp,
+        conn: u64,
+        (connect_kind, result): (ConnectKind, ConnectResult),
+        server: &str,
         observer: &ObserverMetrics,
-    ) -> Result<(), DecodeError> {
-        let connect_kind = name(names::CONNECT_KIND, "connect kind", low(ev.value))?;
-        let result = name(names::CONNECT_RESULT, "connect result", high(ev.value))?;
-        let server = label(field::SERVER);
-        match self.connecting().close(ev.header.tgid, ev.id, ev.header.ts_ns) {
-            Some(((), seconds)) => self.connect_duration.with_label_values(&[&server]).observe(seconds),
+    ) {
+        match self.connecting().close(at.tgid, conn, at.ts_ns) {
+            Some(((), seconds)) => self.connect_duration.with_label_values(&[server]).observe(seconds),
             None => observer.unmatched(kind::BACKEND_CONNECT_END),
         }
-        self.zero_series(&server);
-        self.connects.with_label_values(&[server.as_str(), connect_kind, result]).inc();
-        if result == "ok" {
-            self.connections.open(ev, &server);
+        self.zero_series(server);
+        self.connects.with_label_values(&[server, connect_kind.label(), result.label()]).inc();
+        if result == ConnectResult::Ok {
+            self.connections.open(at, conn, server);
         }
-        Ok(())
     }
 
     /// Creates a backend's connect and disconnect series at 0 at its first connect: a
@@ -119,27 +118,26 @@ impl Pool {
     /// miss the backend's first reap or failure after it (and the alerts built on them).
     /// A first connect that fails is still born at 1.
     fn zero_series(&self, server: &str) {
-        for connect_kind in names::CONNECT_KIND {
-            for result in names::CONNECT_RESULT {
-                self.connects.with_label_values(&[server, connect_kind, result]);
+        for connect_kind in ConnectKind::ALL {
+            for result in ConnectResult::ALL {
+                self.connects.with_label_values(&[server, connect_kind.label(), result.label()]);
             }
         }
-        for reason in names::DISCONNECT_REASON {
-            self.disconnects.with_label_values(&[server, reason]);
+        for reason in DisconnectReason::ALL {
+            self.disconnects.with_label_values(&[server, reason.label()]);
         }
     }
 
     pub fn disconnect(
         &self,
-        ev: &ProbeEvent,
-        label: impl Fn(usize) -> String,
+        at: Stamp,
+        conn: u64,
+        reason: DisconnectReason,
+        server: &str,
         observer: &ObserverMetrics,
-    ) -> Result<(), DecodeError> {
-        let reason = name(names::DISCONNECT_REASON, "disconnect reason", low(ev.value))?;
-        let server = label(field::SERVER);
-        self.connections.close(ev, observer);
-        self.disconnects.with_label_values(&[server.as_str(), reason]).inc();
-        Ok(())
+    ) {
+        self.connections.close(at, conn, observer);
+        self.disconnects.with_label_values(&[server, reason.label()]).inc();
     }
 
     pub fn forget(&self, tgid: u32) {

@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use observer_common::{FLAG_NO_START, FLAG_UNTIMED, InFlightKey, ProbeEvent, field, kind};
+use observer_common::{InFlightKey, field, kind};
 use prometheus::{Gauge, IntGauge};
 
 use super::{
@@ -14,7 +14,7 @@ use super::{
     request_series::RequestSeries,
     series_cache::{Resolve, SeriesCache},
 };
-use crate::decode::{DecodeError, name, names};
+use crate::decode::{Status, Strings, Timing};
 
 const LABELS: [&str; 6] = ["method", "transport", "status", "identity", "server", "tool"];
 /// An expired request: nothing but its status is known (its labels come with its end).
@@ -83,39 +83,41 @@ impl Requests {
         }
     }
 
+    /// Request `key` ended with `status`; `labels`: its method, transport, identity,
+    /// server and tool.
     pub fn end(
         &self,
-        ev: &ProbeEvent,
-        labels: &dyn Resolve,
+        key: InFlightKey,
+        status: Status,
+        timing: Timing,
+        labels: Strings,
+        resolve: &dyn Resolve,
         observer: &ObserverMetrics,
-    ) -> Result<(), DecodeError> {
-        let status = name(names::STATUS, "request status", ev.value)?;
-        if ev.flags & FLAG_NO_START != 0 {
-            let key = InFlightKey { tgid: ev.header.tgid, pad: 0, id: ev.id };
+    ) {
+        if timing == Timing::NoStart {
             if self.expired.lock().expect("expired lock").keys.remove(&key) {
                 // Already counted as a timeout when it expired.
                 observer.late_request_ends.inc();
-                return Ok(());
+                return;
             }
             observer.unmatched(kind::REQUEST_END);
         }
         let slots = [field::METHOD, field::TRANSPORT, field::IDENTITY, field::SERVER, field::TOOL];
         self.series.record(
-            ev,
-            slots,
-            ev.value,
             labels,
+            slots,
+            status as u64,
+            resolve,
             |[method, transport, identity, server, tool]| {
-                self.series_of([method, transport, status.to_string(), identity, server, tool])
+                self.series_of([method, transport, status.label().to_string(), identity, server, tool])
             },
             |series| {
                 series.count();
-                if ev.flags & (FLAG_NO_START | FLAG_UNTIMED) == 0 {
-                    series.observe(ev.duration_ns);
+                if let Timing::Measured(ns) = timing {
+                    series.observe(ns);
                 }
             },
         );
-        Ok(())
     }
 
     /// Counts `key` as a timeout if `remove` takes it out of the kernel's map. The key is

@@ -5,23 +5,20 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use observer_common::{FLAG_TRUNCATED_SHIFT, ProbeEvent, field};
+use crate::decode::{Label, Strings};
 
 /// Label sets kept per family (at most about 0.5 MB with every string at its cap). Label
 /// values come from clients: past this many, a new label set is resolved at every event,
 /// as without the cache; the first ones seen, usually the busiest, stay cached.
 const CAPACITY: usize = 1024;
 
-/// Every slot's truncated flag.
-const TRUNCATED: u32 = ((1 << field::COUNT) - 1) << FLAG_TRUNCATED_SHIFT;
-
 /// How the strings of an event become label values (implemented by `Metrics`).
 pub trait Resolve {
-    /// The label value of string slot `slot` of `ev`, through the label policy, and
-    /// whether the policy folded it into `__other__`; counts the truncation and the fold.
-    fn resolve(&self, ev: &ProbeEvent, slot: usize) -> (String, bool);
-    /// Counts what resolving slot `slot` of `ev` counted, for a label set served from the cache.
-    fn recount(&self, ev: &ProbeEvent, slot: usize, folded: bool);
+    /// The label value of `label`, through the label policy, and whether the policy
+    /// folded it into `__other__`; counts the truncation and the fold.
+    fn resolve(&self, label: Label) -> (String, bool);
+    /// Counts what resolving `label` counted, for a label set served from the cache.
+    fn recount(&self, label: Label, folded: bool);
 }
 
 /// The series of one family (counters, histograms: anything cheap to clone), by label set.
@@ -41,12 +38,12 @@ impl<V> SeriesCache<V> {
         Self { inner: Mutex::new(Inner { series: HashMap::default(), key: Vec::with_capacity(512) }) }
     }
 
-    /// Calls `record` with the series of `ev`'s strings in `slots` and of `scalar` (an ABI
+    /// Calls `record` with the series of `strings`' slots `slots` and of `scalar` (an ABI
     /// value that becomes a label); on first sight, `make` builds them from the resolved
     /// values, in slot order.
     pub fn record<const N: usize, R>(
         &self,
-        ev: &ProbeEvent,
+        strings: Strings,
         slots: [usize; N],
         scalar: u64,
         labels: &dyn Resolve,
@@ -55,28 +52,22 @@ impl<V> SeriesCache<V> {
     ) -> R {
         let mut inner = self.inner.lock().expect("series cache lock");
         let Inner { series, key } = &mut *inner;
-        // The scalar, the truncation flags, every length, then the strings as they lie,
-        // packed: an event of one kind carries no other strings than its own slots'.
-        let mut head = [0u8; 8 + 4 + 2 * field::COUNT];
-        head[..8].copy_from_slice(&scalar.to_ne_bytes());
-        head[8..12].copy_from_slice(&(ev.flags & TRUNCATED).to_ne_bytes());
-        for (at, len) in ev.lens.iter().enumerate() {
-            head[12 + 2 * at..14 + 2 * at].copy_from_slice(&len.to_ne_bytes());
-        }
+        // The scalar, then the strings: an event of one kind carries no other strings
+        // than its own slots'.
         key.clear();
-        key.extend_from_slice(&head);
-        key.extend_from_slice(&ev.strings[..ev.string_start(field::COUNT)]);
+        key.extend_from_slice(&scalar.to_ne_bytes());
+        strings.identity(key);
         if let Some((found, folded)) = series.get(key.as_slice()) {
-            if *folded != 0 || ev.flags & TRUNCATED != 0 {
+            if *folded != 0 || strings.any_truncated() {
                 for slot in slots {
-                    labels.recount(ev, slot, folded & (1 << slot) != 0);
+                    labels.recount(strings.get(slot), folded & (1 << slot) != 0);
                 }
             }
             return record(found);
         }
         let mut folded = 0u8;
         let values = slots.map(|slot| {
-            let (value, was_folded) = labels.resolve(ev, slot);
+            let (value, was_folded) = labels.resolve(strings.get(slot));
             folded |= u8::from(was_folded) << slot;
             value
         });

@@ -1,11 +1,11 @@
 //! Client sessions: active, opened, closed (by reason) and how long they lasted, from the
 //! kernel timestamps of the open and close probes.
 
-use observer_common::{ProbeEvent, field, kind, low};
+use observer_common::kind;
 use prometheus::IntCounterVec;
 
 use super::{LIFETIME_BUCKETS, ObserverMetrics, Scope, counter_vec, gauge_vec, histogram_vec, live::Live};
-use crate::decode::{DecodeError, name, names};
+use crate::decode::{SessionCloseReason, Stamp};
 
 pub struct Sessions {
     /// Active sessions and their durations, by transport.
@@ -42,22 +42,21 @@ impl Sessions {
         }
     }
 
-    pub fn open(&self, ev: &ProbeEvent, transport: String) {
-        self.opened.with_label_values(&[&transport]).inc();
-        self.live.open(ev, &transport);
+    pub fn open(&self, at: Stamp, session: u64, transport: &str) {
+        self.opened.with_label_values(&[transport]).inc();
+        self.live.open(at, session, transport);
     }
 
     pub fn close(
         &self,
-        ev: &ProbeEvent,
-        label: impl Fn(usize) -> String,
+        at: Stamp,
+        session: u64,
+        reason: SessionCloseReason,
+        transport: &str,
         observer: &ObserverMetrics,
-    ) -> Result<(), DecodeError> {
-        let reason = name(names::SESSION_CLOSE_REASON, "session close reason", low(ev.value))?;
-        let transport = label(field::TRANSPORT);
-        self.live.close(ev, observer);
-        self.closed.with_label_values(&[transport.as_str(), reason]).inc();
-        Ok(())
+    ) {
+        self.live.close(at, session, observer);
+        self.closed.with_label_values(&[transport, reason.label()]).inc();
     }
 
     pub fn forget(&self, tgid: u32) {

@@ -2,11 +2,11 @@
 //! direction, how long each lasted, the timeouts that ended them (keepalive or
 //! retransmission), resets and retransmissions.
 
-use observer_common::{ProbeEvent, high, kind, low};
+use observer_common::kind;
 use prometheus::IntCounterVec;
 
 use super::{ObserverMetrics, Scope, counter_vec, gauge_vec, histogram_vec, live::Live};
-use crate::decode::{DecodeError, name, names};
+use crate::decode::{Direction, Stamp, TimeoutKind};
 
 /// Connections live from a health check's milliseconds to a streaming client's day.
 const DURATION_BUCKETS: &[f64] = &[
@@ -73,38 +73,40 @@ impl Tcp {
             ),
         };
         // Present from the start, so that a dashboard sees 0 rather than no data.
-        for direction in names::DIRECTION {
+        for direction in Direction::ALL.iter().map(|direction| direction.label()) {
             active.with_label_values(&[direction]);
             for family in [&tcp.opened, &tcp.closed, &tcp.resets, &tcp.retransmits] {
                 family.with_label_values(&[direction]);
             }
-            for timer in names::TIMEOUT {
-                tcp.timeouts.with_label_values(&[direction, timer]);
+            for timer in TimeoutKind::ALL {
+                tcp.timeouts.with_label_values(&[direction, timer.label()]);
             }
         }
         tcp
     }
 
-    pub fn record(&self, ev: &ProbeEvent, observer: &ObserverMetrics) -> Result<(), DecodeError> {
-        let direction = name(names::DIRECTION, "direction", low(ev.value))?;
-        match ev.header.kind {
-            kind::TCP_OPEN => {
-                if self.live.open(ev, direction) {
-                    self.opened.with_label_values(&[direction]).inc();
-                }
-            }
-            kind::TCP_CLOSE => {
-                self.closed.with_label_values(&[direction]).inc();
-                self.live.close(ev, observer);
-            }
-            kind::TCP_TIMEOUT => {
-                let timer = name(names::TIMEOUT, "timeout kind", high(ev.value))?;
-                self.timeouts.with_label_values(&[direction, timer]).inc();
-            }
-            kind::TCP_RESET => self.resets.with_label_values(&[direction]).inc(),
-            _ => self.retransmits.with_label_values(&[direction]).inc(),
+    /// Socket `socket` opened; counted once however many times its open is reported.
+    pub fn open(&self, at: Stamp, socket: u64, direction: Direction) {
+        if self.live.open(at, socket, direction.label()) {
+            self.opened.with_label_values(&[direction.label()]).inc();
         }
-        Ok(())
+    }
+
+    pub fn close(&self, at: Stamp, socket: u64, direction: Direction, observer: &ObserverMetrics) {
+        self.closed.with_label_values(&[direction.label()]).inc();
+        self.live.close(at, socket, observer);
+    }
+
+    pub fn timeout(&self, direction: Direction, timer: TimeoutKind) {
+        self.timeouts.with_label_values(&[direction.label(), timer.label()]).inc();
+    }
+
+    pub fn reset(&self, direction: Direction) {
+        self.resets.with_label_values(&[direction.label()]).inc();
+    }
+
+    pub fn retransmit(&self, direction: Direction) {
+        self.retransmits.with_label_values(&[direction.label()]).inc();
     }
 
     pub fn forget(&self, tgid: u32) {
