@@ -18,8 +18,17 @@ use crate::{
     decode::{self, DecodeError, Decoded, Event},
     metrics::{Metrics, ObserverMetrics},
     ring::Ring,
-    targets::Lifecycle,
 };
+
+/// What the kernel tells the agent about processes (ring-buffer events), with the kernel
+/// time it happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// A process outside every tree, or a target, executed a program.
+    Exec { pid: u32, ns: u64 },
+    /// A target exited.
+    Exit { pid: u32, ns: u64 },
+}
 
 /// Drains `ring` (of `ring_bytes`) into `metrics` forever: on a timer paced by [`Pace`],
 /// and whenever the kernel wakes us. Process execs and target exits also go to `lifecycle`.

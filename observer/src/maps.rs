@@ -1,6 +1,7 @@
 //! The agent's view of the kernel maps: the per-CPU counters and the in-flight request
-//! map (whose stale entries it expires) read at scrape time, and the kernel hooks'
-//! process-tree, listening-port and socket maps, cleared of a target once it is gone.
+//! map read at scrape time (what they say goes to `metrics` through `state`, as the
+//! ring's events do through `events`), and the kernel hooks' process-tree,
+//! listening-port and socket maps, cleared of a target once it is gone.
 
 use std::{collections::HashMap as StdHashMap, time::Duration};
 
@@ -12,7 +13,6 @@ use observer_common::{InFlightKey, Listener, Tracked, TrackedSocket, counter, li
 
 use crate::{
     error::ObserveError,
-    metrics::Metrics,
     tree::{self, Listening, Snapshot},
 };
 
@@ -31,8 +31,7 @@ const BPF_NOEXIST: u64 = 1;
 /// makes the kernel restart from the first key, so the walk must be bounded.
 const MAX_WALK: usize = 65_536;
 
-/// The kernel maps the agent reads; refreshed into the metrics before every scrape and
-/// every second.
+/// The kernel maps the agent reads and keeps.
 pub struct KernelMaps {
     pub counters: PerCpuArray<MapData, u64>,
     pub in_flight: HashMap<MapData, InFlightKey, u64>,
@@ -43,23 +42,51 @@ pub struct KernelMaps {
     pub sockets: HashMap<MapData, u64, TrackedSocket>,
 }
 
-impl KernelMaps {
-    pub fn refresh(&mut self, metrics: &Metrics) {
-        // Expire first, so that the in-flight gauge below excludes what was expired.
-        self.sweep_in_flight(metrics);
-        match self.totals() {
-            Ok(totals) => metrics.sync_kernel_counters(totals),
-            Err(error) => log::warn!("reading the kernel counters: {error}; serving the previous values"),
-        }
-    }
+/// A request in the in-flight map: its key and start time (ns).
+pub type Started = (InFlightKey, u64);
 
+/// What the in-flight map holds now.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    /// Requests older than the expiry: their end never came (the proxy dropped them).
+    pub stale: Vec<Started>,
+    /// The others: (count, oldest age in ns) by process.
+    pub by_tgid: StdHashMap<u32, (u64, u64)>,
+}
+
+impl KernelMaps {
     /// Each counter summed over CPUs.
-    fn totals(&self) -> Result<[u64; counter::COUNT as usize], MapError> {
+    pub fn counter_totals(&self) -> Result<[u64; counter::COUNT as usize], MapError> {
         let mut totals = [0; counter::COUNT as usize];
         for (index, total) in (0..counter::COUNT).zip(totals.iter_mut()) {
             *total = self.counters.get(&index, 0)?.iter().sum();
         }
         Ok(totals)
+    }
+
+    /// The requests in flight at `now` (CLOCK_MONOTONIC ns), the stale apart.
+    pub fn in_flight(&self, now: u64) -> InFlight {
+        let expiry = u64::try_from(self.request_expiry.as_nanos()).unwrap_or(u64::MAX);
+        let mut in_flight = InFlight::default();
+        for (key, start) in self.in_flight_snapshot() {
+            let age = now.saturating_sub(start);
+            if age >= expiry {
+                in_flight.stale.push((key, start));
+            } else {
+                let (count, oldest) = in_flight.by_tgid.entry(key.tgid).or_default();
+                *count += 1;
+                *oldest = (*oldest).max(age);
+            }
+        }
+        in_flight
+    }
+
+    /// Removes request `key` if it still holds `start`, and says whether it did: its
+    /// request may have ended (its end took the entry) or its id been reused since it
+    /// was read, and that new request is not the stale one.
+    pub fn remove_in_flight(&mut self, (key, start): Started) -> bool {
+        let in_flight = &mut self.in_flight;
+        in_flight.get(&key, 0).is_ok_and(|now| now == start) && in_flight.remove(&key).is_ok()
     }
 
     /// Registers target `pid` in the kernel, then what its tree already held as /proc
@@ -131,38 +158,15 @@ impl KernelMaps {
         self.tracked.get(&pid, 0).ok().map(|tracked| tracked.root)
     }
 
-    /// Process `tgid` exited: its requests in flight will never end, so they are counted
-    /// as timeouts now rather than at their expiry. What the kernel hooks kept for it goes:
-    /// its orphaned descendants, ports and sockets are no longer a target's, and a port or
-    /// pid reused by an unrelated process must not count.
-    pub fn forget_process(&mut self, tgid: u32, metrics: &Metrics) {
-        for (key, start) in self.in_flight_snapshot() {
-            if key.tgid == tgid {
-                self.expire(key, start, metrics);
-            }
-        }
+    /// Process `tgid` exited: what the kernel hooks kept for it goes (its orphaned
+    /// descendants, ports and sockets are no longer a target's, and a port or pid reused
+    /// by an unrelated process must not count). Returns its requests in flight: they will
+    /// never end.
+    pub fn forget_process(&mut self, tgid: u32) -> Vec<Started> {
         remove_where(&mut self.tracked, |entry| entry.root == tgid);
         remove_where(&mut self.listening, |listener| listener.target == tgid);
         remove_where(&mut self.sockets, |socket| socket.target == tgid);
-    }
-
-    /// Expires requests older than `request_expiry` (their end never came: the proxy
-    /// dropped them), then sets each workload's requests in flight and oldest age.
-    fn sweep_in_flight(&mut self, metrics: &Metrics) {
-        let now = monotonic_ns();
-        let expiry = u64::try_from(self.request_expiry.as_nanos()).unwrap_or(u64::MAX);
-        let mut by_tgid: StdHashMap<u32, (u64, u64)> = StdHashMap::new();
-        for (key, start) in self.in_flight_snapshot() {
-            let age = now.saturating_sub(start);
-            if age >= expiry {
-                self.expire(key, start, metrics);
-            } else {
-                let (count, oldest) = by_tgid.entry(key.tgid).or_default();
-                *count += 1;
-                *oldest = (*oldest).max(age);
-            }
-        }
-        metrics.set_in_flight(&by_tgid);
+        self.in_flight_snapshot().into_iter().filter(|(key, _)| key.tgid == tgid).collect()
     }
 
     /// Every entry once: a key the kernel deletes under the walk restarts it from the
@@ -181,15 +185,6 @@ impl KernelMaps {
             }
         }
         entries
-    }
-
-    /// Removes `key` if it still holds `start`: its request may have ended and its id
-    /// been reused since the snapshot, and that new request is not the stale one.
-    fn expire(&mut self, key: InFlightKey, start: u64, metrics: &Metrics) {
-        let in_flight = &mut self.in_flight;
-        metrics.expire_request(key, || {
-            in_flight.get(&key, 0).is_ok_and(|now| now == start) && in_flight.remove(&key).is_ok()
-        });
     }
 }
 

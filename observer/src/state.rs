@@ -3,7 +3,10 @@
 
 use std::sync::{Arc, Mutex, atomic::AtomicBool};
 
-use crate::{maps::KernelMaps, metrics::Metrics};
+use crate::{
+    maps::{KernelMaps, Started, monotonic_ns},
+    metrics::Metrics,
+};
 
 pub struct AppState {
     pub metrics: Arc<Metrics>,
@@ -19,10 +22,30 @@ impl AppState {
     pub fn refresh(&self, exited: &[u32]) {
         let mut kernel = self.kernel.lock().expect("kernel maps lock");
         for &pid in exited {
-            kernel.forget_process(pid, &self.metrics);
+            // Its requests in flight will never end: timeouts now rather than at expiry.
+            let in_flight = kernel.forget_process(pid);
+            self.expire(&mut kernel, in_flight);
             self.metrics.forget_process(pid);
         }
-        kernel.refresh(&self.metrics);
+        // Expired first, so that the in-flight gauges exclude them.
+        let in_flight = kernel.in_flight(monotonic_ns());
+        self.expire(&mut kernel, in_flight.stale);
+        self.metrics.set_in_flight(&in_flight.by_tgid);
+        match kernel.counter_totals() {
+            Ok(totals) => self.metrics.sync_kernel_counters(totals),
+            Err(error) => log::warn!("reading the kernel counters: {error}; serving the previous values"),
+        }
         self.metrics.tick();
+    }
+
+    /// Counts each request as a timeout if it leaves the kernel's in-flight map here.
+    /// Remembered before it is removed, so that its end, racing the removal and then
+    /// finding no start, is known as late rather than counted again.
+    fn expire(&self, kernel: &mut KernelMaps, stale: Vec<Started>) {
+        for started in stale {
+            let expiring = self.metrics.expiring(started.0);
+            let removed = kernel.remove_in_flight(started);
+            self.metrics.expired(expiring, removed);
+        }
     }
 }

@@ -16,6 +16,7 @@ use std::{
 
 use crate::{
     error::ObserveError,
+    events::Lifecycle,
     loader::{Loaded, ProbeLink},
     maps::monotonic_ns,
     probes::{Executable, ProbeTable, Search},
@@ -23,16 +24,6 @@ use crate::{
     tree::{self, Snapshot},
     workload::{self, WorkloadLabels},
 };
-
-/// What the kernel tells the agent about processes (ring-buffer events), with the kernel
-/// time it happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lifecycle {
-    /// A process outside every tree, or a target, executed a program.
-    Exec { pid: u32, ns: u64 },
-    /// A target exited.
-    Exit { pid: u32, ns: u64 },
-}
 
 /// Probe tables remembered per executable version, at most; then forgotten all at once.
 const TABLES_REMEMBERED: usize = 4096;

@@ -77,6 +77,15 @@ impl Workload {
     }
 }
 
+/// A request being expired (see [`Metrics::expiring`]).
+pub struct Expiring {
+    key: InFlightKey,
+    /// The workload its process feeds, if any.
+    workload: Option<Arc<Workload>>,
+    /// Newly remembered (not already, from an earlier expiry of the same key).
+    remembered: bool,
+}
+
 /// The workloads, by the target processes that feed them and by their labels.
 #[derive(Default)]
 struct Workloads {
@@ -275,15 +284,23 @@ impl Metrics {
         self.observer.decode_errors.inc();
     }
 
-    /// A request the agent expired from the kernel's in-flight map; `remove` deletes it
-    /// there and says whether it was still present (its end may have just won the race).
-    pub fn expire_request(&self, key: InFlightKey, remove: impl FnOnce() -> bool) {
-        match self.workloads().by_tgid.get(&key.tgid) {
-            Some(workload) => workload.requests.expire(key, remove),
-            // Not a target's (any more): nobody's series to count it in.
-            None => {
-                remove();
-            }
+    /// Request `key` is about to be removed from the kernel's in-flight map as expired:
+    /// remembered, so that an end racing the removal is known as late. Then [`Self::expired`].
+    pub fn expiring(&self, key: InFlightKey) -> Expiring {
+        let workload = self.workloads().by_tgid.get(&key.tgid).cloned();
+        let remembered = workload.as_ref().is_some_and(|w| w.requests.remember_expired(key));
+        Expiring { key, workload, remembered }
+    }
+
+    /// The removal of an [`Expiring`] request is done: `removed`, it is counted as a
+    /// timeout; otherwise its end won the race, and it is not expired after all.
+    pub fn expired(&self, expiring: Expiring, removed: bool) {
+        // Not a target's (any more): nobody's series to count it in.
+        let Expiring { key, workload: Some(workload), remembered } = expiring else { return };
+        if removed {
+            workload.requests.count_expired();
+        } else if remembered {
+            workload.requests.forget_expired(key);
         }
     }
 

@@ -120,17 +120,19 @@ impl Requests {
         );
     }
 
-    /// Counts `key` as a timeout if `remove` takes it out of the kernel's map. The key is
-    /// remembered first, so that an end racing the removal is recognised as late.
-    pub fn expire(&self, key: InFlightKey, remove: impl FnOnce() -> bool) {
-        let mut expired = self.expired.lock().expect("expired lock");
-        let remembered = expired.remember(key);
-        if remove() {
-            self.series_of(EXPIRED.map(str::to_string)).count();
-        } else if remembered {
-            // Its end won the race: not expired after all.
-            expired.keys.remove(&key);
-        }
+    /// Remembers expired request `key`, whose end may still come; false if it already was.
+    pub fn remember_expired(&self, key: InFlightKey) -> bool {
+        self.expired.lock().expect("expired lock").remember(key)
+    }
+
+    /// Request `key` was not expired after all: its end won the race.
+    pub fn forget_expired(&self, key: InFlightKey) {
+        self.expired.lock().expect("expired lock").keys.remove(&key);
+    }
+
+    /// One more request expired: its labels never came, its status is a timeout.
+    pub fn count_expired(&self) {
+        self.series_of(EXPIRED.map(str::to_string)).count();
     }
 
     /// The series of label values `values` (in `LABELS` order), created on first use.
