@@ -279,3 +279,38 @@ fn file_offset<'d, R: ReadRef<'d>>(file: &ElfFile64<'d, object::Endianness, R>, 
         (address >= start && address < start + size).then(|| address - start + offset)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use object::ObjectSymbol as _;
+
+    use super::*;
+
+    #[test]
+    fn the_note_of_a_binary_built_with_mcp_probes_locates_its_probes_code() {
+        // This test binary calls a probe, so it links mcp-probes and carries its note.
+        mcp_probes::idle_reaper_run();
+        let exe = std::fs::read("/proc/self/exe").expect("reading this test binary");
+        let table = from_elf(&*exe, Path::new("/proc/self/exe"), false).unwrap().expect("a probe table");
+        assert_eq!((table.abi_version, table.source), (mcp_abi::VERSION, Source::Note));
+        let site = table.site("idle_reaper_run").expect("the probe this test calls");
+        // The note's address is the symbol table's for the function...
+        let file = ElfFile64::<object::Endianness, _>::parse(&*exe).unwrap();
+        let symbol =
+            file.symbols().find(|s| s.name() == Ok("mcp_probe_idle_reaper_run")).expect("its symbol");
+        assert_eq!(site.address, symbol.address());
+        // ...and its file offset holds the code that runs.
+        let running = mcp_probes::mcp_probe_idle_reaper_run as *const u8;
+        // SAFETY: reading the first bytes of a function's code, mapped readable.
+        let code = unsafe { std::slice::from_raw_parts(running, 8) };
+        let offset = usize::try_from(site.file_offset).unwrap();
+        assert_eq!(&exe[offset..offset + 8], code);
+    }
+
+    #[test]
+    fn a_binary_without_probes_has_no_table() {
+        let sh = std::fs::read("/bin/sh").expect("reading /bin/sh");
+        assert!(from_elf(&*sh, Path::new("/bin/sh"), true).unwrap().is_none());
+        assert!(from_elf(&b"not an ELF file"[..], Path::new("x"), true).is_err());
+    }
+}

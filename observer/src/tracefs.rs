@@ -187,6 +187,8 @@ print fmt: \"reason=%s\", __print_symbolic(REC->reason, { 0, \"NOT_SPECIFIED\" }
         assert_eq!(missing.optional("error_code", 8).unwrap(), ABSENT);
     }
 
+    /// Reads this kernel's tracefs, which only root may: built with the kernel suite.
+    #[cfg(feature = "kernel-tests")]
     #[test]
     fn this_kernels_formats_parse() {
         // Every kernel this runs on has tracefs at one of its paths once the tests set it up.

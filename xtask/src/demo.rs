@@ -13,8 +13,6 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::cargo;
-
 const BIN: &str = "target/release";
 
 pub fn run() -> anyhow::Result<()> {
@@ -24,7 +22,7 @@ pub fn run() -> anyhow::Result<()> {
     {
         bail!("the demo loads eBPF programs: run it as root");
     }
-    cargo(&["build", "--release"])?;
+    crate::build_release()?;
     let (proxy, proxy_addr) = spawn(
         Command::new(format!("{BIN}/mcp-testbed")).args([
             "proxy",

@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Vm => {
             setup::run()?;
-            cargo(&["build", "--release"])?;
+            build_release()?;
             let outcomes = vm::run(&std::env::current_dir()?)?;
             let failed: u64 = outcomes.iter().map(|o| o.failed).sum();
             if failed > 0 {
@@ -79,7 +79,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Bench { quick } => {
             setup::run()?;
-            cargo(&["build", "--release"])?;
+            build_release()?;
             bench(quick)
         }
     }
@@ -109,7 +109,7 @@ fn bench(quick: bool) -> anyhow::Result<()> {
 /// passed and failed counts over every test binary.
 fn test() -> anyhow::Result<(u64, u64)> {
     cargo(&["fmt", "--all", "--check"])?;
-    cargo(&["clippy", "--release", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&["clippy", "--release", "--all-targets", "--features", KERNEL_TESTS, "--", "-D", "warnings"])?;
     // The eBPF crate under its own target and toolchain, as observer/build.rs builds it.
     exec(Command::new("cargo").current_dir("observer-ebpf").args([
         "+nightly",
@@ -134,8 +134,17 @@ fn test() -> anyhow::Result<(u64, u64)> {
     // and without its default `std` feature.
     cargo(&["package", "--package", "mcp-probes", "--allow-dirty"])?;
     cargo(&["check", "--package", "mcp-probes", "--no-default-features"])?;
-    cargo(&["build", "--release"])?;
-    cargo_test(&["test", "--release", "--", "--test-threads=1"])
+    build_release()?;
+    cargo_test(&["test", "--release", "--features", KERNEL_TESTS, "--", "--test-threads=1"])
+}
+
+/// The feature that builds the kernel suite (root only). Every release build here enables
+/// it, so that the binaries the tests run are not built twice.
+pub const KERNEL_TESTS: &str = "observer/kernel-tests";
+
+/// `target/release`: the agent, the testbed and the benchmarks.
+pub fn build_release() -> anyhow::Result<()> {
+    cargo(&["build", "--release", "--features", KERNEL_TESTS])
 }
 
 /// Runs `cargo test`, echoing its output, and returns the totals over every test binary:

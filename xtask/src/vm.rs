@@ -310,7 +310,7 @@ fn boot(kernel: &Kernel, initrd: &Path, console: &Path, results: &Path) -> anyho
 /// The kernel tests' binary, as `cargo test --no-run` built it.
 fn tests_binary() -> anyhow::Result<PathBuf> {
     let output = Command::new("cargo")
-        .args(["test", "--release", "--no-run", "--package", "observer", "--test", "kernel"])
+        .args(["test", "--release", "--no-run", "--features", crate::KERNEL_TESTS, "--test", "kernel"])
         .arg("--message-format=json")
         .output()?;
     if !output.status.success() {

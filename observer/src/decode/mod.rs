@@ -40,6 +40,12 @@ pub struct Strings<'a> {
 }
 
 impl<'a> Strings<'a> {
+    /// The strings of `record` (a test's own).
+    #[cfg(test)]
+    pub fn of(record: &'a ProbeEvent) -> Self {
+        Self { record }
+    }
+
     /// String slot `slot`.
     pub fn get(self, slot: usize) -> Label<'a> {
         let record = self.record;

@@ -56,3 +56,38 @@ impl Access {
         self.auth_failures.with_label_values(&[reason.label()]).inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prometheus::core::Collector as _;
+
+    use super::*;
+    use crate::metrics::testing::{Plain, strings};
+
+    #[test]
+    fn acl_decisions_are_counted_by_identity_server_tool_and_decision() {
+        let (access, resolve) = (Access::new(&Scope::detached()), Plain::default());
+        let alice =
+            strings(&[(field::IDENTITY, b"alice"), (field::SERVER, b"alpha"), (field::TOOL, b"echo")]);
+        let bob = strings(&[(field::IDENTITY, b"bob"), (field::SERVER, b"alpha"), (field::TOOL, b"echo")]);
+        access.acl_decision(Decision::Allow, alice, &resolve);
+        access.acl_decision(Decision::Allow, alice, &resolve);
+        access.acl_decision(Decision::Deny, alice, &resolve);
+        access.acl_decision(Decision::Deny, bob, &resolve);
+        let count = |identity, decision| {
+            access.acl_decisions.with_label_values(&[identity, "alpha", "echo", decision]).get()
+        };
+        assert_eq!([count("alice", "allow"), count("alice", "deny"), count("bob", "deny")], [2, 1, 1]);
+        assert_eq!(resolve.resolved.get(), 9, "each label set's three strings once");
+    }
+
+    #[test]
+    fn auth_failures_are_counted_by_reason_from_zero() {
+        let access = Access::new(&Scope::detached());
+        access.auth_failure(AuthFailure::Expired);
+        let count = |reason| access.auth_failures.with_label_values(&[reason]).get();
+        assert_eq!(count("expired"), 1);
+        assert_eq!(count("missing_credentials"), 0);
+        assert_eq!(access.auth_failures.collect()[0].get_metric().len(), AuthFailure::ALL.len());
+    }
+}

@@ -105,3 +105,37 @@ impl Caches {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::testing::{Plain, label, strings};
+
+    #[test]
+    fn tool_cache_sizes_are_the_last_reported_summed_under_a_shared_label() {
+        let caches = Caches::new(&Scope::detached());
+        let entries = |label| caches.tool_cache_entries.with_label_values(&[label]).get();
+        caches.tool_cache_size(10, label(field::SERVER, b"alpha"), "alpha".into(), 5);
+        caches.tool_cache_size(10, label(field::SERVER, b"alpha"), "alpha".into(), 7);
+        assert_eq!(entries("alpha"), 7, "a size, not a sum of reports");
+        // Two servers the label policy folded into one value add up.
+        caches.tool_cache_size(10, label(field::SERVER, b"beta"), "__other__".into(), 2);
+        caches.tool_cache_size(10, label(field::SERVER, b"gamma"), "__other__".into(), 3);
+        caches.tool_cache_size(20, label(field::SERVER, b"alpha"), "alpha".into(), 1);
+        assert_eq!((entries("alpha"), entries("__other__")), (8, 5));
+        caches.forget(10);
+        assert_eq!((entries("alpha"), entries("__other__")), (1, 0), "gone with its process");
+    }
+
+    #[test]
+    fn classifier_lookups_are_hits_or_misses_by_server() {
+        let (caches, resolve) = (Caches::new(&Scope::detached()), Plain::default());
+        let alpha = strings(&[(field::SERVER, b"alpha")]);
+        caches.classifier_lookup(CacheOutcome::Hit, alpha, &resolve);
+        caches.classifier_lookup(CacheOutcome::Hit, alpha, &resolve);
+        caches.classifier_lookup(CacheOutcome::Miss, alpha, &resolve);
+        assert_eq!(caches.classifier_hits.with_label_values(&["alpha"]).get(), 2);
+        assert_eq!(caches.classifier_misses.with_label_values(&["alpha"]).get(), 1);
+        assert_eq!(resolve.resolved.get(), 2, "once per outcome: the outcome is part of the key");
+    }
+}

@@ -54,4 +54,11 @@ impl Live {
             self.count.with_label_values(&[&label]).dec();
         }
     }
+
+    /// (open now, lifetimes observed, their sum in seconds) under `label`.
+    #[cfg(test)]
+    pub fn sample(&self, label: &str) -> (i64, u64, f64) {
+        let duration = self.duration.with_label_values(&[label]);
+        (self.count.with_label_values(&[label]).get(), duration.get_sample_count(), duration.get_sample_sum())
+    }
 }

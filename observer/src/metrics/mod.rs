@@ -13,6 +13,8 @@ mod requests;
 mod series_cache;
 mod sessions;
 mod tcp;
+#[cfg(test)]
+mod testing;
 
 use std::{
     cell::RefCell,

@@ -148,3 +148,54 @@ impl Pool {
         self.configured.set(gauge_value(by_process.values().copied()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::testing::{at, observed, observer, unmatched};
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn a_connect_is_timed_and_its_connection_lives_until_its_disconnect() {
+        let (pool, observer) = (Pool::new(&Scope::detached()), observer());
+        pool.connect_start(at(0), 1);
+        pool.connect_end(at(20 * MS), 1, (ConnectKind::Initial, ConnectResult::Ok), "alpha", &observer);
+        assert_eq!(observed(&pool.connect_duration, &["alpha"]), (1, 0.02));
+        assert_eq!(pool.connects.with_label_values(&["alpha", "initial", "ok"]).get(), 1);
+        assert_eq!(pool.connects.with_label_values(&["alpha", "lazy", "error"]).get(), 0, "created at 0");
+        assert_eq!(pool.connections.sample("alpha"), (1, 0, 0.0));
+        pool.disconnect(at(3000 * MS), 1, DisconnectReason::IdleReaped, "alpha", &observer);
+        assert_eq!(pool.connections.sample("alpha"), (0, 1, 2.98));
+        assert_eq!(pool.disconnects.with_label_values(&["alpha", "idle_reaped"]).get(), 1);
+        assert_eq!(unmatched(&observer, kind::BACKEND_CONNECT_END), 0);
+        assert_eq!(unmatched(&observer, kind::BACKEND_DISCONNECT), 0);
+    }
+
+    #[test]
+    fn a_failed_connect_opens_nothing_and_ends_without_a_start_are_unmatched() {
+        let (pool, observer) = (Pool::new(&Scope::detached()), observer());
+        pool.connect_end(at(5), 2, (ConnectKind::Lazy, ConnectResult::Error), "beta", &observer);
+        assert_eq!(pool.connects.with_label_values(&["beta", "lazy", "error"]).get(), 1);
+        assert_eq!(pool.connections.sample("beta"), (0, 0, 0.0));
+        assert_eq!(unmatched(&observer, kind::BACKEND_CONNECT_END), 1, "no connect start");
+        pool.disconnect(at(6), 3, DisconnectReason::Error, "beta", &observer);
+        assert_eq!(unmatched(&observer, kind::BACKEND_DISCONNECT), 1);
+        assert_eq!(pool.connections.sample("beta"), (0, 0, 0.0), "never below zero");
+    }
+
+    #[test]
+    fn configured_backends_add_up_over_processes_and_leave_with_theirs() {
+        let pool = Pool::new(&Scope::detached());
+        pool.configured(10, 3);
+        pool.configured(20, 2);
+        pool.configured(10, 4);
+        assert_eq!(pool.configured.get(), 6);
+        let observer = observer();
+        pool.connect_start(at(0), 1);
+        pool.connect_end(at(1), 1, (ConnectKind::Initial, ConnectResult::Ok), "alpha", &observer);
+        pool.forget(10);
+        assert_eq!(pool.configured.get(), 2);
+        assert_eq!(pool.connections.sample("alpha"), (0, 0, 0.0), "gone with its process");
+    }
+}

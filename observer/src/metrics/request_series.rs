@@ -72,6 +72,17 @@ impl RequestSeries {
             Some((f64::from_bits(sum) + seconds).to_bits())
         });
     }
+
+    #[cfg(test)]
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Latencies observed, in every bucket.
+    #[cfg(test)]
+    pub fn observations(&self) -> u64 {
+        self.buckets.iter().map(|bucket| bucket.load(Ordering::Relaxed)).sum()
+    }
 }
 
 /// Writes both families, with every series of `series`, in the text exposition format.

@@ -162,3 +162,79 @@ impl Requests {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::testing::{Plain, observer, strings, unmatched};
+
+    fn key(id: u64) -> InFlightKey {
+        InFlightKey { tgid: 10, pad: 0, id }
+    }
+
+    /// (count, observations) of each label set, by its label values.
+    fn counts(requests: &Requests) -> Vec<(String, u64, u64)> {
+        let by_labels = requests.by_labels.lock().unwrap();
+        by_labels
+            .iter()
+            .map(|(values, series)| (values.join(","), series.total(), series.observations()))
+            .collect()
+    }
+
+    #[test]
+    fn ends_are_counted_by_label_set_and_timed_ones_observed() {
+        let (requests, observer, resolve) =
+            (Requests::new(&Scope::detached(), true), observer(), Plain::default());
+        let call = strings(&[
+            (field::METHOD, b"tools/call"),
+            (field::TRANSPORT, b"http"),
+            (field::IDENTITY, b"alice"),
+            (field::SERVER, b"alpha"),
+            (field::TOOL, b"echo"),
+        ]);
+        let end = |id, status, timing| requests.end(key(id), status, timing, call, &resolve, &observer);
+        end(1, Status::Ok, Timing::Measured(2_000_000));
+        end(2, Status::Ok, Timing::Measured(3_000_000));
+        end(3, Status::ToolError, Timing::Untimed);
+        end(4, Status::Ok, Timing::NoStart);
+        assert_eq!(
+            counts(&requests),
+            [
+                ("tools/call,http,ok,alice,alpha,echo".to_string(), 3, 2),
+                ("tools/call,http,tool_error,alice,alpha,echo".to_string(), 1, 0),
+            ]
+        );
+        assert_eq!(unmatched(&observer, kind::REQUEST_END), 1, "the end without a start");
+        assert_eq!(observer.late_request_ends.get(), 0);
+    }
+
+    #[test]
+    fn an_expired_request_is_a_timeout_and_its_late_end_is_not_counted_again() {
+        let (requests, observer, resolve) =
+            (Requests::new(&Scope::detached(), true), observer(), Plain::default());
+        let call = strings(&[(field::TOOL, b"sleep")]);
+        assert!(requests.remember_expired(key(7)));
+        assert!(!requests.remember_expired(key(7)), "remembered once");
+        requests.count_expired();
+        // Its end comes after all: the kernel no longer had its start.
+        requests.end(key(7), Status::Ok, Timing::NoStart, call, &resolve, &observer);
+        assert_eq!(counts(&requests), [(",,timeout,,,".to_string(), 1, 0)]);
+        assert_eq!(observer.late_request_ends.get(), 1);
+        assert_eq!(unmatched(&observer, kind::REQUEST_END), 0);
+        // Another whose end won the race: not expired, and its end counts.
+        assert!(requests.remember_expired(key(8)));
+        requests.forget_expired(key(8));
+        requests.end(key(8), Status::Ok, Timing::NoStart, call, &resolve, &observer);
+        assert_eq!(counts(&requests).len(), 2);
+        assert_eq!(unmatched(&observer, kind::REQUEST_END), 1);
+    }
+
+    #[test]
+    fn in_flight_gauges_exist_only_with_request_latency() {
+        let requests = Requests::new(&Scope::detached(), true);
+        requests.set_in_flight(3, 1_500_000_000);
+        let (in_flight, oldest) = requests.in_flight.as_ref().unwrap();
+        assert_eq!((in_flight.get(), oldest.get()), (3, 1.5));
+        assert!(Requests::new(&Scope::detached(), false).in_flight.is_none());
+    }
+}

@@ -79,3 +79,70 @@ impl<V> SeriesCache<V> {
         recorded
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use observer_common::field;
+
+    use super::*;
+    use crate::metrics::testing::{Plain, strings};
+
+    /// Records one event of `strings` and `scalar`: the value its series were made with.
+    fn record(cache: &SeriesCache<String>, strings: Strings, scalar: u64, resolve: &Plain) -> String {
+        cache.record(
+            strings,
+            [field::SERVER, field::TOOL],
+            scalar,
+            resolve,
+            |[server, tool]| format!("{server}/{tool}/{scalar}"),
+            String::clone,
+        )
+    }
+
+    #[test]
+    fn a_label_set_is_resolved_once_and_told_apart_by_every_byte_and_the_scalar() {
+        let (cache, resolve) = (SeriesCache::new(), Plain::default());
+        let echo = strings(&[(field::SERVER, b"alpha"), (field::TOOL, b"echo")]);
+        assert_eq!(record(&cache, echo, 0, &resolve), "alpha/echo/0");
+        assert_eq!(record(&cache, echo, 0, &resolve), "alpha/echo/0");
+        assert_eq!(resolve.resolved.get(), 2, "the repeat comes from the cache");
+        // The same bytes split otherwise between the slots are another label set.
+        let shifted = strings(&[(field::SERVER, b"alphae"), (field::TOOL, b"cho")]);
+        assert_eq!(record(&cache, shifted, 0, &resolve), "alphae/cho/0");
+        assert_eq!(record(&cache, echo, 1, &resolve), "alpha/echo/1");
+        assert_eq!(resolve.resolved.get(), 6);
+        assert_eq!(resolve.recounted.get(), 0, "nothing truncated or folded to count again");
+    }
+
+    #[test]
+    fn a_cached_truncated_set_counts_its_truncation_at_every_event() {
+        let (cache, resolve) = (SeriesCache::new(), Plain::default());
+        let mut record_ = crate::decode::tests::record(
+            observer_common::kind::REQUEST_END,
+            0,
+            0,
+            &[(field::SERVER, b"alpha"), (field::TOOL, b"long")],
+        );
+        record_.flags = 1 << (observer_common::FLAG_TRUNCATED_SHIFT + field::TOOL as u32);
+        let cut = Strings::of(Box::leak(record_));
+        for _ in 0..3 {
+            record(&cache, cut, 0, &resolve);
+        }
+        assert_eq!((resolve.resolved.get(), resolve.recounted.get()), (2, 4), "both slots, at each repeat");
+    }
+
+    #[test]
+    fn past_its_capacity_new_label_sets_are_resolved_at_every_event() {
+        let (cache, resolve) = (SeriesCache::new(), Plain::default());
+        let names: Vec<String> = (0..=CAPACITY).map(|i| format!("tool{i}")).collect();
+        for name in &names {
+            let tool: &'static [u8] = Box::leak(name.clone().into_bytes().into_boxed_slice());
+            record(&cache, strings(&[(field::TOOL, tool)]), 0, &resolve);
+        }
+        let last: &'static [u8] = Box::leak(names[CAPACITY].clone().into_bytes().into_boxed_slice());
+        record(&cache, strings(&[(field::TOOL, last)]), 0, &resolve);
+        let first = strings(&[(field::TOOL, b"tool0")]);
+        record(&cache, first, 0, &resolve);
+        assert_eq!(resolve.resolved.get(), 2 * (CAPACITY + 2), "the first ones stay cached, the last is not");
+    }
+}

@@ -63,3 +63,29 @@ impl Sessions {
         self.live.forget(tgid);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::testing::{at, observer, unmatched};
+
+    #[test]
+    fn sessions_open_close_by_reason_and_last_between_their_kernel_times() {
+        let (sessions, observer) = (Sessions::new(&Scope::detached()), observer());
+        sessions.open(at(0), 1, "sse");
+        sessions.open(at(1_000_000_000), 2, "sse");
+        sessions.open(at(2_000_000_000), 3, "stdio");
+        assert_eq!(sessions.live.sample("sse"), (2, 0, 0.0));
+        sessions.close(at(4_000_000_000), 1, SessionCloseReason::ClientClosed, "sse", &observer);
+        sessions.close(at(4_000_000_000), 3, SessionCloseReason::Expired, "stdio", &observer);
+        assert_eq!(sessions.opened.with_label_values(&["sse"]).get(), 2);
+        assert_eq!(sessions.closed.with_label_values(&["sse", "client_closed"]).get(), 1);
+        assert_eq!(sessions.closed.with_label_values(&["stdio", "expired"]).get(), 1);
+        assert_eq!(sessions.live.sample("sse"), (1, 1, 4.0));
+        assert_eq!(sessions.live.sample("stdio"), (0, 1, 2.0));
+        sessions.close(at(5_000_000_000), 9, SessionCloseReason::Error, "sse", &observer);
+        assert_eq!(unmatched(&observer, kind::SESSION_CLOSE), 1);
+        sessions.forget(10);
+        assert_eq!(sessions.live.sample("sse"), (0, 1, 4.0), "gone with its process");
+    }
+}

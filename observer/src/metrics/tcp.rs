@@ -113,3 +113,34 @@ impl Tcp {
         self.live.forget(tgid);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::testing::{at, observer, unmatched};
+
+    #[test]
+    fn connections_are_counted_once_by_direction_with_their_timeouts_resets_and_retransmits() {
+        let (tcp, observer) = (Tcp::new(&Scope::detached()), observer());
+        assert_eq!(tcp.timeouts.with_label_values(&["outbound", "keepalive"]).get(), 0, "present at 0");
+        tcp.open(at(0), 0xa, Direction::Inbound);
+        // Two CPUs reporting one handshake: one connection.
+        tcp.open(at(0), 0xa, Direction::Inbound);
+        tcp.open(at(0), 0xb, Direction::Outbound);
+        assert_eq!(tcp.opened.with_label_values(&["inbound"]).get(), 1);
+        assert_eq!(tcp.live.sample("inbound"), (1, 0, 0.0));
+        tcp.timeout(Direction::Outbound, TimeoutKind::Keepalive);
+        tcp.reset(Direction::Outbound);
+        tcp.retransmit(Direction::Inbound);
+        tcp.close(at(500_000_000), 0xb, Direction::Outbound, &observer);
+        assert_eq!(tcp.timeouts.with_label_values(&["outbound", "keepalive"]).get(), 1);
+        assert_eq!(tcp.timeouts.with_label_values(&["outbound", "retransmission"]).get(), 0);
+        assert_eq!(tcp.resets.with_label_values(&["outbound"]).get(), 1);
+        assert_eq!(tcp.retransmits.with_label_values(&["inbound"]).get(), 1);
+        assert_eq!(tcp.closed.with_label_values(&["outbound"]).get(), 1);
+        assert_eq!(tcp.live.sample("outbound"), (0, 1, 0.5));
+        assert_eq!(unmatched(&observer, kind::TCP_CLOSE), 0);
+        tcp.forget(10);
+        assert_eq!(tcp.live.sample("inbound"), (0, 0, 0.0), "gone with its process");
+    }
+}
