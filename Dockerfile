@@ -1,9 +1,8 @@
-# The agent's image for k8s/: the release binary on a distroless base with the glibc of
-# Debian 12, the system it is built on. Build the binary first (`cargo xtask setup`
-# installs the eBPF toolchain, then `cargo build --release`), then
-#   docker build -t ghcr.io/mcp-observe/mcp-observe:0.1.0 .
-# Not built on this machine: no container engine runs here.
-FROM gcr.io/distroless/cc-debian12
-COPY target/release/mcp-observe /usr/local/bin/mcp-observe
+# The agent's image: a static (musl) mcp-observe and nothing else; nothing is pulled.
+# `cargo xtask image` builds the binary and then this file:
+#   podman build --pull=never --file Dockerfile --tag ghcr.io/mcp-observe/mcp-observe:0.1.0 target/image/agent
+# (k8s/base/daemonset.yaml's image; docker build works the same way.)
+FROM scratch
+COPY mcp-observe /usr/local/bin/mcp-observe
 ENTRYPOINT ["/usr/local/bin/mcp-observe"]
 CMD ["agent", "--listen", "0.0.0.0:9464"]

@@ -131,7 +131,9 @@ struct UprobeAttr {
 /// Whether this kernel lets us create uprobes. Linux 5.8 opened them to CAP_PERFMON; a
 /// 2025 security fix gave them back to CAP_SYS_ADMIN alone. Asked with a uprobe past the
 /// end of our own executable, for our own process and user space only (which perf allows
-/// anyone): refused (EACCES) before anything is made, or rejected as out of range.
+/// anyone): refused (EACCES) before anything is made, or rejected as out of range. In a
+/// container, the runtime's default seccomp filter refuses perf_event_open itself (EPERM)
+/// to a process without CAP_SYS_ADMIN: no uprobes either.
 fn may_create_uprobes() -> bool {
     let Ok(kind) = std::fs::read_to_string(UPROBE_PMU).map(|t| t.trim().parse::<u32>()) else { return true };
     let Ok(kind) = kind else { return true };
@@ -156,7 +158,7 @@ fn may_create_uprobes() -> bool {
         unsafe { libc::close(fd as i32) };
         return true;
     }
-    std::io::Error::last_os_error().raw_os_error() != Some(libc::EACCES)
+    !matches!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EACCES | libc::EPERM))
 }
 
 /// Fails when the kernel cannot attach uprobes.

@@ -35,6 +35,10 @@ const SANDBOX_CONTAINER: &str = "POD";
 const CONTAINERD_BUNDLES: &str = "/run/containerd/io.containerd.runtime.v2.task/k8s.io";
 /// CRI-O's (containers/storage, overlay driver) run directories; the config is in `userdata/`.
 const CRIO_CONTAINERS: &str = "/run/containers/storage/overlay-containers";
+/// containers/storage's list of the containers podman made, with their names.
+const PODMAN_CONTAINERS: &str = "/var/lib/containers/storage/overlay-containers/containers.json";
+/// That list holds a few hundred bytes per container.
+const MAX_CONTAINER_LIST_BYTES: u64 = 16 << 20;
 
 /// Annotations that name the container, as (namespace, pod, container, container type) keys.
 /// containerd: internal/cri/annotations/annotations.go (SandboxNamespace, SandboxName,
@@ -59,9 +63,9 @@ const NAME_ANNOTATIONS: [[&str; 4]; 2] = [
     ],
 ];
 
-/// The labels that say which workload a series belongs to: a Kubernetes container's names, or a
-/// process outside Kubernetes by pid and executable. Unused fields are empty (Prometheus treats an
-/// empty label as absent).
+/// The labels that say which workload a series belongs to: a Kubernetes container's names, a
+/// podman container's name (or short id) and executable, or any other process by pid and
+/// executable. Unused fields are empty (Prometheus treats an empty label as absent).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkloadLabels {
     pub namespace: String,
@@ -83,11 +87,12 @@ impl WorkloadLabels {
     }
 
     fn process(pid: u32, exe: &Path) -> Self {
-        let exe = exe.to_string_lossy();
-        // The kernel appends this to /proc/PID/exe once the file is replaced, e.g. by an
-        // upgrade; the series should stay that of the same program.
-        let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe);
-        Self { pid: pid.to_string(), exe: bounded(exe, MAX_EXE_BYTES), ..Self::default() }
+        Self { pid: pid.to_string(), exe: exe_label(exe), ..Self::default() }
+    }
+
+    /// A container outside Kubernetes: no pid, so that its restarts continue its series.
+    fn container(container: &str, exe: &Path) -> Self {
+        Self { container: bounded(container, MAX_NAME_BYTES), exe: exe_label(exe), ..Self::default() }
     }
 }
 
@@ -102,10 +107,20 @@ impl From<PodNames> for WorkloadLabels {
     }
 }
 
+/// The `exe` label of executable `exe`.
+fn exe_label(exe: &Path) -> String {
+    let exe = exe.to_string_lossy();
+    // The kernel appends this to /proc/PID/exe once the file is replaced, e.g. by an
+    // upgrade; the series should stay that of the same program.
+    bounded(exe.strip_suffix(" (deleted)").unwrap_or(&exe), MAX_EXE_BYTES)
+}
+
 impl fmt::Display for WorkloadLabels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_kubernetes() {
             write!(f, "{}/{}/{}", self.namespace, self.pod, self.container)
+        } else if !self.container.is_empty() {
+            write!(f, "container {} ({})", self.container, self.exe)
         } else {
             write!(f, "pid {} ({})", self.pid, self.exe)
         }
@@ -184,6 +199,27 @@ fn container_id_in(segment: &str) -> Option<&str> {
         .find_map(|prefix| name.strip_prefix(prefix))
         .unwrap_or(name);
     is_container_id(id).then_some(id)
+}
+
+/// The id of a podman container whose cgroup is in /proc/PID/cgroup's text: `libpod-<id>`
+/// (cgroupfs manager, below `libpod_parent`) or `libpod-<id>.scope` (systemd, below
+/// `machine.slice`). Its monitor's `libpod-conmon-<id>` is no container.
+pub fn podman_container_of(cgroup: &str) -> Option<&str> {
+    cgroup
+        .lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .flat_map(|path| path.trim_end().split('/'))
+        .filter_map(|segment| segment.strip_prefix("libpod-"))
+        .map(|name| name.strip_suffix(".scope").unwrap_or(name))
+        .find(|id| is_container_id(id))
+}
+
+/// The name podman gave container `id`, from containers/storage's list (`containers.json`).
+pub fn podman_name(list: &Path, id: &str) -> Option<String> {
+    let bytes = read_capped(list, MAX_CONTAINER_LIST_BYTES).ok()?;
+    let containers: Value = serde_json::from_slice(&bytes).ok()?;
+    let container = containers.as_array()?.iter().find(|c| c["id"] == id)?;
+    container["names"].get(0)?.as_str().map(str::to_owned)
 }
 
 fn is_container_id(id: &str) -> bool {
@@ -307,6 +343,8 @@ pub struct Sources {
     pub container_logs: PathBuf,
     /// Roots searched for `<id>/config.json` and `<id>/userdata/config.json`.
     pub runtime_bundles: Vec<PathBuf>,
+    /// containers/storage's container list, for podman containers' names.
+    pub podman_containers: PathBuf,
 }
 
 impl Default for Sources {
@@ -315,6 +353,7 @@ impl Default for Sources {
             proc_root: PathBuf::from("/proc"),
             container_logs: PathBuf::from("/var/log/containers"),
             runtime_bundles: vec![PathBuf::from(CONTAINERD_BUNDLES), PathBuf::from(CRIO_CONTAINERS)],
+            podman_containers: PathBuf::from(PODMAN_CONTAINERS),
         }
     }
 }
@@ -322,19 +361,23 @@ impl Default for Sources {
 /// The labels of process `pid` running `exe`: Kubernetes names when its cgroup is a kubelet
 /// container's (container logs first: they cover every runtime; then the runtime's bundle).
 /// A pod's container that no source names is still told apart from its neighbours by pod UID
-/// and short container id, with a warning, rather than passed off as a bare process; any other
-/// process is labelled by pid and executable.
+/// and short container id, with a warning, rather than passed off as a bare process. A podman
+/// container is labelled by its name (where podman's state is readable) or short id, and
+/// executable; any other process by pid and executable.
 pub fn resolve(sources: &Sources, pid: u32, exe: &Path) -> WorkloadLabels {
     let cgroup_path = sources.proc_root.join(pid.to_string()).join("cgroup");
-    let container = match fs::read_to_string(&cgroup_path) {
-        Ok(text) => container_of(&text),
-        Err(e) => {
-            log::debug!("cannot read {}: {e}; labelling pid {pid} by its executable", cgroup_path.display());
-            None
-        }
-    };
-    let Some(ContainerRef { pod_uid, container_id }) = container else {
-        return WorkloadLabels::process(pid, exe);
+    let cgroup = fs::read_to_string(&cgroup_path).unwrap_or_else(|e| {
+        log::debug!("cannot read {}: {e}; labelling pid {pid} by its executable", cgroup_path.display());
+        String::new()
+    });
+    let Some(ContainerRef { pod_uid, container_id }) = container_of(&cgroup) else {
+        return match podman_container_of(&cgroup) {
+            Some(id) => {
+                let name = podman_name(&sources.podman_containers, id);
+                WorkloadLabels::container(name.as_deref().unwrap_or(&id[..SHORT_ID_LEN]), exe)
+            }
+            None => WorkloadLabels::process(pid, exe),
+        };
     };
     let from_logs = names_from_container_logs(&sources.container_logs, &container_id).unwrap_or_else(|e| {
         log::debug!("{e}");
@@ -539,6 +582,32 @@ mod tests {
     }
 
     #[test]
+    fn podman_containers_by_cgroup_and_name() {
+        let cgroupfs =
+            format!("9:name=systemd:/libpod_parent/libpod-{ID}\n8:pids:/libpod_parent/libpod-{ID}\n");
+        assert_eq!(podman_container_of(&cgroupfs), Some(ID));
+        assert_eq!(
+            podman_container_of(&format!("0::/machine.slice/libpod-{ID}.scope/container\n")),
+            Some(ID)
+        );
+        assert_eq!(podman_container_of(&format!("0::/machine.slice/libpod-conmon-{ID}.scope\n")), None);
+        assert_eq!(podman_container_of(&format!("0::/system.slice/docker-{ID}.scope\n")), None);
+        let dir = TempDir::new("podman");
+        let list = dir.0.join("containers.json");
+        fs::write(
+            &list,
+            format!(r#"[{{"id":"{OTHER_ID}","names":["other"]}},{{"id":"{ID}","names":["proxy-a"]}}]"#),
+        )
+        .unwrap();
+        assert_eq!(podman_name(&list, ID).as_deref(), Some("proxy-a"));
+        assert_eq!(podman_name(&dir.0.join("absent.json"), ID), None);
+        let labels = WorkloadLabels::container("proxy-a", Path::new("/usr/bin/mcp"));
+        assert_eq!(labels.values(), ["", "", "proxy-a", "", "/usr/bin/mcp"]);
+        assert!(!labels.is_kubernetes());
+        assert_eq!(labels.to_string(), "container proxy-a (/usr/bin/mcp)");
+    }
+
+    #[test]
     fn kubernetes_labels() {
         let names = PodNames { namespace: "tools".into(), pod: "mcp-0".into(), container: "proxy".into() };
         let labels = WorkloadLabels::from(names);
@@ -732,6 +801,7 @@ mod tests {
             proc_root: host.0.join("proc"),
             container_logs: logs.clone(),
             runtime_bundles: vec![host.0.join("bundles")],
+            podman_containers: host.0.join("containers.json"),
         };
         let exe = Path::new("/usr/local/bin/mcp-proxy");
 

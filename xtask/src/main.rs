@@ -3,7 +3,9 @@
 //! benchmarks.
 
 mod demo;
+mod image;
 mod manifests;
+mod rootfs;
 mod setup;
 mod vm;
 
@@ -31,6 +33,9 @@ enum Task {
     /// Set up, then run formatting, lints and every test (the kernel tests need root), and
     /// a smoke run of the benchmarks.
     Test,
+    /// Build the agent's image (a static mcp-observe, FROM scratch; nothing is pulled) and
+    /// the testbed's image the runtime tests use.
+    Image,
     /// Build, then boot Debian's 6.1 and 6.12 kernels under QEMU and run the kernel tests
     /// of `kernels::on_every_kernel` in each (root; part of `test`).
     Vm,
@@ -66,6 +71,11 @@ fn main() -> anyhow::Result<()> {
                 bail!("{failed} tests failed");
             }
             Ok(())
+        }
+        Task::Image => {
+            setup::run()?;
+            build_release()?;
+            image::build()
         }
         Task::Vm => {
             setup::run()?;
@@ -135,6 +145,7 @@ fn test() -> anyhow::Result<(u64, u64)> {
     cargo(&["package", "--package", "mcp-probes", "--allow-dirty"])?;
     cargo(&["check", "--package", "mcp-probes", "--no-default-features"])?;
     build_release()?;
+    image::build()?;
     cargo_test(&["test", "--release", "--features", KERNEL_TESTS, "--", "--test-threads=1"])
 }
 

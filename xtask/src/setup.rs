@@ -11,8 +11,10 @@ use crate::{exec, manifests::PYTHON_PACKAGES};
 /// for the kernel-hook tests: network namespaces, nftables, sysctl and pkill, setpriv and
 /// unshare, the system Python that plays a proxy without probes, Prometheus (with
 /// promtool) for the rules' unit tests and the PromQL test, tmux to drive `top`, and for
-/// the VM stage QEMU and cpio (its initramfs; busybox comes from the VM stage's own cache).
-const APT_PACKAGES: [&str; 14] = [
+/// the VM stage QEMU and cpio (its initramfs; busybox comes from the VM stage's own cache),
+/// and podman with runc for the images and the runtime tests (DESIGN.md: crun refuses
+/// this kind of machine's hybrid cgroup layout).
+const APT_PACKAGES: [&str; 16] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "bpftool",
@@ -27,12 +29,16 @@ const APT_PACKAGES: [&str; 14] = [
     "tmux",
     "qemu-system-x86",
     "cpio",
+    "podman",
+    "runc",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub fn run() -> anyhow::Result<()> {
     nightly_with_rust_src()?;
     rust_target("aarch64-unknown-linux-gnu")?;
+    // The agent's image holds a static build.
+    rust_target("x86_64-unknown-linux-musl")?;
     apt_packages()?;
     bpf_linker()?;
     python_mcp_sdk()?;

@@ -11,7 +11,6 @@
 //! clone finds them.
 
 use std::{
-    collections::BTreeSet,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -19,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::exec;
+use crate::{exec, rootfs};
 
 /// The Debian suites whose `linux-image-amd64` is booted: 6.1, the LTS line many node
 /// images run, and 6.12.
@@ -173,39 +172,6 @@ fn unpacked(dir: &Path) -> anyhow::Result<Option<Kernel>> {
     Ok(None)
 }
 
-/// `files` and the libraries `ldd` says they load.
-fn with_libraries(files: &[PathBuf]) -> anyhow::Result<BTreeSet<PathBuf>> {
-    let mut all = BTreeSet::new();
-    for file in files {
-        all.insert(file.clone());
-        let ldd = Command::new("ldd").arg(file).output()?;
-        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-            // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or `/lib64/ld-linux-x86-64.so.2 (0x…)`
-            let path =
-                line.split("=>").last().unwrap_or_default().split_whitespace().next().unwrap_or_default();
-            if path.starts_with('/') {
-                all.insert(PathBuf::from(path));
-            }
-        }
-    }
-    Ok(all)
-}
-
-/// Copies `from` to the same path below `root`, and to where its links lead (a library
-/// is loaded by the name `ldd` printed, a link on the host).
-fn place(root: &Path, from: &Path) -> anyhow::Result<()> {
-    let real = std::fs::canonicalize(from).with_context(|| format!("{} is missing", from.display()))?;
-    for path in [from, &real] {
-        let to = root.join(path.strip_prefix("/")?);
-        std::fs::create_dir_all(to.parent().unwrap())?;
-        if std::fs::symlink_metadata(&to).is_err() {
-            std::fs::copy(&real, &to)
-                .with_context(|| format!("copying {} to {}", real.display(), to.display()))?;
-        }
-    }
-    Ok(())
-}
-
 /// The initramfs: `binaries` and their libraries at their host paths, busybox for the
 /// rest, and `init`; written to `out`.
 fn initramfs(
@@ -222,9 +188,7 @@ fn initramfs(
         std::fs::create_dir_all(staging.join(dir))?;
     }
     std::fs::create_dir_all(staging.join(workdir.strip_prefix("/")?))?;
-    for file in with_libraries(binaries)? {
-        place(staging, &file)?;
-    }
+    rootfs::place_with_libraries(staging, binaries)?;
     // busybox is static: no libraries.
     let busybox = busybox()?;
     std::fs::copy(&busybox, staging.join("bin/busybox"))?;

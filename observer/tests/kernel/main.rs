@@ -8,6 +8,7 @@ mod hooks;
 mod kernels;
 mod leftovers;
 mod prometheus;
+mod runtime;
 mod support;
 mod top;
 
