@@ -31,6 +31,8 @@ const MAX_CONFIG_BYTES: u64 = 4 << 20;
 /// of the pod spec; used for containerd's sandbox too, which has no name at all.
 const SANDBOX_CONTAINER: &str = "POD";
 
+/// containerd's shim bundles, one directory per namespace (`k8s.io` is the CRI plugin's).
+const CONTAINERD_TASKS: &str = "/run/containerd/io.containerd.runtime.v2.task";
 /// containerd's shim bundles for the CRI plugin's `k8s.io` namespace.
 const CONTAINERD_BUNDLES: &str = "/run/containerd/io.containerd.runtime.v2.task/k8s.io";
 /// CRI-O's (containers/storage, overlay driver) run directories; the config is in `userdata/`.
@@ -120,7 +122,9 @@ impl fmt::Display for WorkloadLabels {
         if self.is_kubernetes() {
             write!(f, "{}/{}/{}", self.namespace, self.pod, self.container)
         } else if !self.container.is_empty() {
-            write!(f, "container {} ({})", self.container, self.exe)
+            let namespace =
+                if self.namespace.is_empty() { String::new() } else { format!("{}/", self.namespace) };
+            write!(f, "container {namespace}{} ({})", self.container, self.exe)
         } else {
             write!(f, "pid {} ({})", self.pid, self.exe)
         }
@@ -212,6 +216,26 @@ pub fn podman_container_of(cgroup: &str) -> Option<&str> {
         .filter_map(|segment| segment.strip_prefix("libpod-"))
         .map(|name| name.strip_suffix(".scope").unwrap_or(name))
         .find(|id| is_container_id(id))
+}
+
+/// A containerd container outside Kubernetes (`ctr run`, nerdctl with cgroupfs): its cgroup
+/// is `/<namespace>/<id>`, and containerd keeps its bundle at `<tasks>/<namespace>/<id>`.
+/// The bundle must be there: a cgroup of two segments alone names nothing.
+pub fn containerd_container_of<'a>(cgroup: &'a str, tasks: &Path) -> Option<(&'a str, &'a str)> {
+    let identifier = |s: &str| {
+        !s.is_empty()
+            && s.len() <= MAX_NAME_BYTES
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    cgroup
+        .lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .filter_map(|path| path.trim_end().strip_prefix('/')?.split_once('/'))
+        .find(|(namespace, id)| {
+            identifier(namespace)
+                && identifier(id)
+                && tasks.join(namespace).join(id).join("config.json").is_file()
+        })
 }
 
 /// The name podman gave container `id`, from containers/storage's list (`containers.json`).
@@ -345,6 +369,8 @@ pub struct Sources {
     pub runtime_bundles: Vec<PathBuf>,
     /// containers/storage's container list, for podman containers' names.
     pub podman_containers: PathBuf,
+    /// containerd's task bundles, by namespace and container id.
+    pub containerd_tasks: PathBuf,
 }
 
 impl Default for Sources {
@@ -354,6 +380,7 @@ impl Default for Sources {
             container_logs: PathBuf::from("/var/log/containers"),
             runtime_bundles: vec![PathBuf::from(CONTAINERD_BUNDLES), PathBuf::from(CRIO_CONTAINERS)],
             podman_containers: PathBuf::from(PODMAN_CONTAINERS),
+            containerd_tasks: PathBuf::from(CONTAINERD_TASKS),
         }
     }
 }
@@ -361,9 +388,10 @@ impl Default for Sources {
 /// The labels of process `pid` running `exe`: Kubernetes names when its cgroup is a kubelet
 /// container's (container logs first: they cover every runtime; then the runtime's bundle).
 /// A pod's container that no source names is still told apart from its neighbours by pod UID
-/// and short container id, with a warning, rather than passed off as a bare process. A podman
-/// container is labelled by its name (where podman's state is readable) or short id, and
-/// executable; any other process by pid and executable.
+/// and short container id, with a warning, rather than passed off as a bare process. Outside
+/// Kubernetes, a podman container is labelled by its name (where podman's state is readable)
+/// or short id, a containerd container by its namespace and id, each with its executable;
+/// any other process by pid and executable.
 pub fn resolve(sources: &Sources, pid: u32, exe: &Path) -> WorkloadLabels {
     let cgroup_path = sources.proc_root.join(pid.to_string()).join("cgroup");
     let cgroup = fs::read_to_string(&cgroup_path).unwrap_or_else(|e| {
@@ -371,13 +399,15 @@ pub fn resolve(sources: &Sources, pid: u32, exe: &Path) -> WorkloadLabels {
         String::new()
     });
     let Some(ContainerRef { pod_uid, container_id }) = container_of(&cgroup) else {
-        return match podman_container_of(&cgroup) {
-            Some(id) => {
-                let name = podman_name(&sources.podman_containers, id);
-                WorkloadLabels::container(name.as_deref().unwrap_or(&id[..SHORT_ID_LEN]), exe)
-            }
-            None => WorkloadLabels::process(pid, exe),
-        };
+        if let Some(id) = podman_container_of(&cgroup) {
+            let name = podman_name(&sources.podman_containers, id);
+            return WorkloadLabels::container(name.as_deref().unwrap_or(&id[..SHORT_ID_LEN]), exe);
+        }
+        if let Some((namespace, id)) = containerd_container_of(&cgroup, &sources.containerd_tasks) {
+            let namespace = bounded(namespace, MAX_NAME_BYTES);
+            return WorkloadLabels { namespace, ..WorkloadLabels::container(id, exe) };
+        }
+        return WorkloadLabels::process(pid, exe);
     };
     let from_logs = names_from_container_logs(&sources.container_logs, &container_id).unwrap_or_else(|e| {
         log::debug!("{e}");
@@ -601,6 +631,14 @@ mod tests {
         .unwrap();
         assert_eq!(podman_name(&list, ID).as_deref(), Some("proxy-a"));
         assert_eq!(podman_name(&dir.0.join("absent.json"), ID), None);
+        // containerd outside Kubernetes: a cgroup of two segments, and the task's bundle.
+        let tasks = dir.0.join("tasks");
+        let ctr = "8:pids:/tools/proxy-b\n";
+        assert_eq!(containerd_container_of(ctr, &tasks), None, "no bundle, no container");
+        fs::create_dir_all(tasks.join("tools/proxy-b")).unwrap();
+        fs::write(tasks.join("tools/proxy-b/config.json"), "{}").unwrap();
+        assert_eq!(containerd_container_of(ctr, &tasks), Some(("tools", "proxy-b")));
+        assert_eq!(containerd_container_of("0::/user.slice/user-1000.slice\n", &tasks), None);
         let labels = WorkloadLabels::container("proxy-a", Path::new("/usr/bin/mcp"));
         assert_eq!(labels.values(), ["", "", "proxy-a", "", "/usr/bin/mcp"]);
         assert!(!labels.is_kubernetes());
@@ -802,6 +840,7 @@ mod tests {
             container_logs: logs.clone(),
             runtime_bundles: vec![host.0.join("bundles")],
             podman_containers: host.0.join("containers.json"),
+            containerd_tasks: host.0.join("tasks"),
         };
         let exe = Path::new("/usr/local/bin/mcp-proxy");
 

@@ -12,9 +12,9 @@ use crate::{exec, manifests::PYTHON_PACKAGES};
 /// unshare, the system Python that plays a proxy without probes, Prometheus (with
 /// promtool) for the rules' unit tests and the PromQL test, tmux to drive `top`, and for
 /// the VM stage QEMU and cpio (its initramfs; busybox comes from the VM stage's own cache),
-/// and podman with runc for the images and the runtime tests (DESIGN.md: crun refuses
-/// this kind of machine's hybrid cgroup layout).
-const APT_PACKAGES: [&str; 16] = [
+/// podman with runc for the images and the runtime tests (DESIGN.md: crun refuses this kind
+/// of machine's hybrid cgroup layout), and containerd for its containers outside Kubernetes.
+const APT_PACKAGES: [&str; 17] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "bpftool",
@@ -31,6 +31,7 @@ const APT_PACKAGES: [&str; 16] = [
     "cpio",
     "podman",
     "runc",
+    "containerd",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 

@@ -259,3 +259,112 @@ fn the_daemonsets_container_observes_proxies_in_other_containers() {
         let _ = std::fs::remove_dir(logs);
     }
 }
+
+/// containerd for one test: the node's if it runs, else one started here and stopped on drop.
+struct Containerd(Option<std::process::Child>);
+
+impl Containerd {
+    fn ensure() -> Containerd {
+        let answers = || Command::new("ctr").arg("version").output().is_ok_and(|o| o.status.success());
+        if answers() {
+            return Containerd(None);
+        }
+        let child = Command::new("containerd")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("containerd (Debian's containerd; `cargo xtask setup` installs it)");
+        wait_for(std::time::Duration::from_secs(20), "containerd answering", answers);
+        Containerd(Some(child))
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `ctr` in the test's own containerd namespace.
+const CTR_NAMESPACE: &str = "mcp-observe-test";
+
+fn ctr(args: &[&str]) -> std::process::Output {
+    Command::new("ctr").args(["--namespace", CTR_NAMESPACE]).args(args).output().expect("ctr")
+}
+
+/// A `ctr run` container; killed and removed, with the namespace's image, on drop.
+struct CtrContainer(&'static str);
+
+impl Drop for CtrContainer {
+    fn drop(&mut self) {
+        let _ = ctr(&["task", "kill", "--signal", "KILL", self.0]);
+        let _ = ctr(&["task", "rm", "--force", self.0]);
+        let _ = ctr(&["container", "rm", self.0]);
+        let _ = ctr(&["image", "rm", TESTBED_IMAGE]);
+    }
+}
+
+#[test]
+fn a_containerd_container_outside_kubernetes_is_labelled_by_namespace_and_id() {
+    let _serial = kernel_test();
+    let _containerd = Containerd::ensure();
+    let scratch = Scratch::new("ctr");
+    let archive = scratch.0.join("testbed.tar").display().to_string();
+    let saved = podman()
+        .args(["save", "--quiet", "--format", "docker-archive", "-o", &archive, TESTBED_IMAGE])
+        .status();
+    assert!(saved.unwrap().success(), "no image {TESTBED_IMAGE}: run `cargo xtask image`");
+    assert!(ctr(&["image", "import", &archive]).status.success());
+    let testbed = testbed_bin().canonicalize().unwrap().display().to_string();
+    let container = CtrContainer("proxy-c");
+    let run = ctr(&[
+        "run",
+        "--detach",
+        TESTBED_IMAGE,
+        container.0,
+        &testbed,
+        "proxy",
+        "--listen",
+        "127.0.0.1:8080",
+    ]);
+    assert!(run.status.success(), "ctr run: {}", String::from_utf8_lossy(&run.stderr));
+    let tasks = String::from_utf8_lossy(&ctr(&["task", "ls"]).stdout).to_string();
+    let pid: u32 = tasks
+        .lines()
+        .find_map(|l| l.strip_prefix("proxy-c"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // The agent on the host, where containerd's bundles are.
+    let mut command = Command::new(observer_bin());
+    command.args(["agent", "--listen", "127.0.0.1:0"]).env("RUST_LOG", "info");
+    let agent = Running::spawn(command, "serving /metrics on ");
+    let labelled =
+        format!("] observing pid {pid} ({testbed}) as container {CTR_NAMESPACE}/proxy-c ({testbed})");
+    scrape_until(&agent, "the containerd proxy observed", |_| {
+        agent.stderr.lock().unwrap().iter().any(|l| l.ends_with(&labelled))
+    });
+    // Its own network namespace: the load runs beside it.
+    let load = [&testbed, "load", "--url", "http://127.0.0.1:8080/mcp", "--calls", "120"];
+    let load = [
+        &["task", "exec", "--exec-id", "load", container.0][..],
+        &load,
+        &["--concurrency", "4", "--seed", "4"],
+    ];
+    let out = ctr(&load.concat());
+    assert!(out.status.success(), "load: {}", String::from_utf8_lossy(&out.stderr));
+    let truth = requests_of(&serde_json::from_slice(&out.stdout).unwrap());
+    assert_workload_requests_match(
+        &agent,
+        &[("namespace", CTR_NAMESPACE), ("container", container.0)],
+        &truth,
+    );
+}
