@@ -6,9 +6,12 @@
 //! OpenTelemetry SDK. Each figure is the median over rounds of the ratio
 //! within a round, so that drift between rounds cancels out, with the interquartile range
 //! of those ratios: on a shared 2-core VM one window's throughput varies by several
-//! percent, more than some of the effects measured here.
+//! percent, more than some of the effects measured here. Beside throughput, each window
+//! also gives the CPU time per request of the proxy process (its CPU clock, to the
+//! nanosecond, over the window) and, when observed, of the agent: a cost per request that
+//! does not wait on the other core, so it resolves finer than throughput does.
 
-use std::{path::Path, process::Command};
+use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::{Context as _, ensure};
 use mcp_observe_benchmarks::stats::{median, percentile};
@@ -65,10 +68,13 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
     for variant in VARIANTS {
         saturate(&bench.testbed, of(variant), "1")?;
     }
-    // Requests per second, by round and variant.
+    // Requests per second, and CPU ns per request of the proxy and of the agent, by round
+    // and variant.
     let mut windows: Vec<[f64; VARIANTS.len()]> = Vec::new();
+    let mut cpu: Vec<CpuWindow> = Vec::new();
     for round in 0..rounds {
         let mut measured = [0.0; VARIANTS.len()];
+        let mut per_request: CpuWindow = [(0.0, 0.0); VARIANTS.len()];
         for variant in shuffled(round) {
             let proxy = of(variant);
             let pid = proxy.pid().to_string();
@@ -79,12 +85,22 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
                 }
                 _ => None,
             };
-            measured[variant as usize] = saturate(&bench.testbed, proxy, seconds)?;
+            let agent_pid = observer.as_ref().map(Running::pid);
+            let agent_cpu = || agent_pid.map_or(Ok(Duration::ZERO), process::cpu_time);
+            let (proxy_before, agent_before) = (process::cpu_time(proxy.pid())?, agent_cpu()?);
+            let (rate, requests) = saturate(&bench.testbed, proxy, seconds)?;
+            let ns_per_request = |spent: Duration| spent.as_nanos() as f64 / requests;
+            per_request[variant as usize] = (
+                ns_per_request(process::cpu_time(proxy.pid())? - proxy_before),
+                ns_per_request(agent_cpu()? - agent_before),
+            );
+            measured[variant as usize] = rate;
             if let Some(observer) = observer {
                 observer.stop()?;
             }
         }
         windows.push(measured);
+        cpu.push(per_request);
     }
 
     let rate = |v: Variant| median(&mut windows.iter().map(|w| w[v as usize]).collect::<Vec<_>>());
@@ -107,30 +123,84 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
             None => figure,
         });
     };
-    let unobserved = ("unobserved", Variant::Unobserved);
-    figure(
-        "unobserved, a second identical process (A/A: what this machine can resolve)",
-        Variant::UnobservedAgain,
-        unobserved,
-        None,
-    );
-    figure(
-        "probes compiled in, unobserved",
-        Variant::Unobserved,
-        ("no probe calls", Variant::WithoutProbes),
-        Some(0.999),
-    );
-    figure("observed by mcp-observe", Variant::Observed, unobserved, Some(0.99));
-    figure(
-        "observed by mcp-observe --no-request-latency",
-        Variant::ObservedWithoutLatency,
-        unobserved,
-        Some(0.99),
-    );
-    figure("in-process `prometheus` crate", Variant::Prometheus, unobserved, None);
-    figure("in-process OpenTelemetry", Variant::OpenTelemetry, unobserved, None);
+    for (name, variant, baseline) in COMPARISONS {
+        let goal = match variant {
+            Variant::Unobserved => Some(0.999),
+            Variant::Observed | Variant::ObservedWithoutLatency => Some(0.99),
+            _ => None,
+        };
+        figure(name, variant, baseline, goal);
+    }
+    cpu_figures(bench, &cpu);
     Ok(())
 }
+
+/// CPU time per request: the proxy's, plus the agent's where one observes it, against a
+/// baseline variant's, as the median of the per-round ratios with their IQR. A goal is a
+/// ceiling on the ratio.
+fn cpu_figures(bench: &mut Bench, cpu: &[CpuWindow]) {
+    let total = |w: &CpuWindow, v: Variant| w[v as usize].0 + w[v as usize].1;
+    let median_of = |f: &dyn Fn(&CpuWindow) -> f64| median(&mut cpu.iter().map(f).collect::<Vec<_>>());
+    let mut figure = |name: &str, variant: Variant, (baseline, of): (&str, Variant), goal: Option<f64>| {
+        let mut ratios: Vec<f64> = cpu.iter().map(|w| total(w, variant) / total(w, of)).collect();
+        let (q1, q3) = (percentile(&mut ratios, 0.25), percentile(&mut ratios, 0.75));
+        let ratio = median(&mut ratios);
+        let (proxy, agent) = (median_of(&|w| w[variant as usize].0), median_of(&|w| w[variant as usize].1));
+        let measured = if agent == 0.0 {
+            format!("{proxy:.0} ns")
+        } else {
+            format!("{:.0} ns ({proxy:.0} ns in the proxy, {agent:.0} ns in the agent)", proxy + agent)
+        };
+        let figure = Figure::new(format!("CPU per request at saturation, {name}"), measured).against(
+            format!(
+                "{baseline} {:.0} ns; IQR of the round ratios {q1:.3}–{q3:.3}",
+                median_of(&|w| total(w, of))
+            ),
+            ratio,
+        );
+        // Decided only when the middle half of the rounds lies on one side of the goal.
+        bench.record(match goal {
+            Some(goal) if cpu.len() >= MIN_ROUNDS && (q3 <= goal || q1 > goal) => {
+                figure.goal(format!("≤ {goal}"), q3 <= goal)
+            }
+            Some(goal) => figure.undecided(format!(
+                "≤ {goal}: undecided, too few rounds or their middle half on both sides of it"
+            )),
+            None => figure,
+        });
+    };
+    for (name, variant, baseline) in COMPARISONS {
+        // The throughput goal's ≥ 0.99, as CPU per request (proxy + agent).
+        let goal = matches!(variant, Variant::Observed | Variant::ObservedWithoutLatency).then_some(1.01);
+        figure(name, variant, baseline, goal);
+    }
+    let otel = ("in-process OpenTelemetry", Variant::OpenTelemetry);
+    figure(
+        "one hit with latency (--no-request-latency and the guard's elapsed time), proxy + agent",
+        Variant::ObservedWithoutLatency,
+        otel,
+        Some(1.0),
+    );
+}
+
+/// One window's CPU ns per request by variant: the proxy's, and the agent's (0 unobserved).
+type CpuWindow = [(f64, f64); VARIANTS.len()];
+
+const UNOBSERVED: (&str, Variant) = ("unobserved", Variant::Unobserved);
+
+/// What the figures compare: a variant, named, against a baseline variant.
+const COMPARISONS: [(&str, Variant, (&str, Variant)); 6] = [
+    (
+        "unobserved, a second identical process (A/A: what this machine can resolve)",
+        Variant::UnobservedAgain,
+        UNOBSERVED,
+    ),
+    ("probes compiled in, unobserved", Variant::Unobserved, ("no probe calls", Variant::WithoutProbes)),
+    ("observed by mcp-observe", Variant::Observed, UNOBSERVED),
+    ("observed by mcp-observe --no-request-latency", Variant::ObservedWithoutLatency, UNOBSERVED),
+    ("in-process `prometheus` crate", Variant::Prometheus, UNOBSERVED),
+    ("in-process OpenTelemetry", Variant::OpenTelemetry, UNOBSERVED),
+];
 
 /// Rounds below which no goal is judged (the quick smoke run has one).
 const MIN_ROUNDS: usize = 5;
@@ -149,8 +219,9 @@ fn shuffled(round: usize) -> [Variant; VARIANTS.len()] {
     order
 }
 
-/// Runs the saturating client against `proxy` for `seconds`: requests per second.
-fn saturate(testbed: &Path, proxy: &Running, seconds: &str) -> anyhow::Result<f64> {
+/// Runs the saturating client against `proxy` for `seconds`: requests per second, and
+/// requests answered.
+fn saturate(testbed: &Path, proxy: &Running, seconds: &str) -> anyhow::Result<(f64, f64)> {
     let url = format!("http://{}/mcp", proxy.announced);
     let output = Command::new(testbed)
         .args(["saturate", "--url", &url, "--seconds", seconds, "--concurrency", "8"])
@@ -162,5 +233,5 @@ fn saturate(testbed: &Path, proxy: &Running, seconds: &str) -> anyhow::Result<f6
         String::from_utf8_lossy(&output.stderr).trim()
     );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("saturate's JSON")?;
-    Ok(number(&report["per_second"]))
+    Ok((number(&report["per_second"]), number(&report["requests"])))
 }
