@@ -1,8 +1,9 @@
 //! The saturation client: one MCP session, `--concurrency` closed loops of the cheapest
 //! successful `tools/call` (an `echo`), a warm-up that is not counted, then a counted
-//! window. Prints `{"requests", "errors", "seconds", "per_second"}` on stdout; `requests`
-//! are the successful replies completed inside the window, `errors` every failed request
-//! (warm-up included). Fails if the proxy cannot be reached or if any request failed.
+//! window. Prints `{"requests", "errors", "seconds", "per_second", "handled"}` on stdout;
+//! `requests` are the successful replies completed inside the window, `errors` every failed
+//! request (warm-up included), `handled` every request the proxy answered from the session's
+//! start to its end (what its CPU time over the whole run paid for). Fails if the proxy cannot be reached or if any request failed.
 
 use std::time::{Duration, Instant};
 
@@ -100,9 +101,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "mcp-testbed saturate: {} warm-up + {} counted + {} late successful replies, {} errors",
         total.warmup, total.counted, total.late, total.errors
     );
+    // initialize, initialized and the session's deletion, beside the calls.
+    let handled = total.warmup + total.counted + total.late + total.errors + 3;
     // Keys in this order (a `json!` object would sort them).
     println!(
-        r#"{{"requests": {}, "errors": {}, "seconds": {}, "per_second": {}}}"#,
+        r#"{{"requests": {}, "errors": {}, "seconds": {}, "per_second": {}, "handled": {handled}}}"#,
         total.counted,
         total.errors,
         json!(seconds),

@@ -88,8 +88,8 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
             let agent_pid = observer.as_ref().map(Running::pid);
             let agent_cpu = || agent_pid.map_or(Ok(Duration::ZERO), process::cpu_time);
             let (proxy_before, agent_before) = (process::cpu_time(proxy.pid())?, agent_cpu()?);
-            let (rate, requests) = saturate(&bench.testbed, proxy, seconds)?;
-            let ns_per_request = |spent: Duration| spent.as_nanos() as f64 / requests;
+            let (rate, handled) = saturate(&bench.testbed, proxy, seconds)?;
+            let ns_per_request = |spent: Duration| spent.as_nanos() as f64 / handled;
             per_request[variant as usize] = (
                 ns_per_request(process::cpu_time(proxy.pid())? - proxy_before),
                 ns_per_request(agent_cpu()? - agent_before),
@@ -219,8 +219,9 @@ fn shuffled(round: usize) -> [Variant; VARIANTS.len()] {
     order
 }
 
-/// Runs the saturating client against `proxy` for `seconds`: requests per second, and
-/// requests answered.
+/// Runs the saturating client against `proxy` for `seconds`: requests per second in the
+/// counted window, and every request the proxy answered in the whole run (warm-up and
+/// session included), which its CPU time over the run paid for.
 fn saturate(testbed: &Path, proxy: &Running, seconds: &str) -> anyhow::Result<(f64, f64)> {
     let url = format!("http://{}/mcp", proxy.announced);
     let output = Command::new(testbed)
@@ -233,5 +234,5 @@ fn saturate(testbed: &Path, proxy: &Running, seconds: &str) -> anyhow::Result<(f
         String::from_utf8_lossy(&output.stderr).trim()
     );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("saturate's JSON")?;
-    Ok((number(&report["per_second"]), number(&report["requests"])))
+    Ok((number(&report["per_second"]), number(&report["handled"])))
 }
