@@ -1,15 +1,16 @@
 //! The testbed proxy at saturation (a closed-loop client keeping 8 requests in flight), in
-//! seven variants, one process each, taken in turn round after round: built without probe
+//! eight variants, one process each, taken in turn round after round: built without probe
 //! calls; with them, unobserved, twice (an A/A pair: how far two identical variants
 //! differ is this machine's resolution); observed by `mcp-observe --pid`, with and without
-//! request latency; and instrumented in-process with the `prometheus` crate and with the
-//! OpenTelemetry SDK. Each figure is the median over rounds of the ratio
-//! within a round, so that drift between rounds cancels out, with the interquartile range
-//! of those ratios: on a shared 2-core VM one window's throughput varies by several
-//! percent, more than some of the effects measured here. Beside throughput, each window
-//! also gives the CPU time per request of the proxy process (its CPU clock, to the
-//! nanosecond, over the window) and, when observed, of the agent: a cost per request that
-//! does not wait on the other core, so it resolves finer than throughput does.
+//! request latency, and with its kernel hooks alone (`--kernel-only`); and instrumented
+//! in-process with the `prometheus` crate and with the OpenTelemetry SDK. Each figure is
+//! the median over rounds of the ratio within a round, so that drift between rounds
+//! cancels out, with the interquartile range of those ratios: on a shared 2-core VM one
+//! window's throughput varies by several percent, more than some of the effects measured
+//! here. Beside throughput, each run also gives the CPU time per request of the proxy
+//! process (its CPU clock, to the nanosecond) and, when observed, of the agent: what the
+//! observer costs the proxy's own CPU, kernel hooks included, which the calls suite's
+//! microbenchmark cannot see.
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -29,16 +30,18 @@ enum Variant {
     UnobservedAgain,
     Observed,
     ObservedWithoutLatency,
+    KernelHooksOnly,
     Prometheus,
     OpenTelemetry,
 }
 
-const VARIANTS: [Variant; 7] = [
+const VARIANTS: [Variant; 8] = [
     Variant::WithoutProbes,
     Variant::Unobserved,
     Variant::UnobservedAgain,
     Variant::Observed,
     Variant::ObservedWithoutLatency,
+    Variant::KernelHooksOnly,
     Variant::Prometheus,
     Variant::OpenTelemetry,
 ];
@@ -82,6 +85,9 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
                 Variant::Observed => Some(process::observer(&bench.observer, &["--pid", &pid])?),
                 Variant::ObservedWithoutLatency => {
                     Some(process::observer(&bench.observer, &["--pid", &pid, "--no-request-latency"])?)
+                }
+                Variant::KernelHooksOnly => {
+                    Some(process::observer(&bench.observer, &["--pid", &pid, "--kernel-only"])?)
                 }
                 _ => None,
             };
@@ -189,7 +195,7 @@ type CpuWindow = [(f64, f64); VARIANTS.len()];
 const UNOBSERVED: (&str, Variant) = ("unobserved", Variant::Unobserved);
 
 /// What the figures compare: a variant, named, against a baseline variant.
-const COMPARISONS: [(&str, Variant, (&str, Variant)); 6] = [
+const COMPARISONS: [(&str, Variant, (&str, Variant)); 7] = [
     (
         "unobserved, a second identical process (A/A: what this machine can resolve)",
         Variant::UnobservedAgain,
@@ -198,6 +204,7 @@ const COMPARISONS: [(&str, Variant, (&str, Variant)); 6] = [
     ("probes compiled in, unobserved", Variant::Unobserved, ("no probe calls", Variant::WithoutProbes)),
     ("observed by mcp-observe", Variant::Observed, UNOBSERVED),
     ("observed by mcp-observe --no-request-latency", Variant::ObservedWithoutLatency, UNOBSERVED),
+    ("observed by mcp-observe --kernel-only (its kernel hooks alone)", Variant::KernelHooksOnly, UNOBSERVED),
     ("in-process `prometheus` crate", Variant::Prometheus, UNOBSERVED),
     ("in-process OpenTelemetry", Variant::OpenTelemetry, UNOBSERVED),
 ];
