@@ -66,8 +66,8 @@ const NAME_ANNOTATIONS: [[&str; 4]; 2] = [
 ];
 
 /// The labels that say which workload a series belongs to: a Kubernetes container's names, a
-/// podman container's name (or short id) and executable, or any other process by pid and
-/// executable. Unused fields are empty (Prometheus treats an empty label as absent).
+/// podman container's name (or short id) or a containerd container's namespace and id, with
+/// its executable, or any other process by pid and executable. Unused fields are empty (Prometheus treats an empty label as absent).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkloadLabels {
     pub namespace: String,
@@ -148,7 +148,12 @@ pub struct ContainerRef {
 /// another cgroup namespace) and anything above the pod (kind's or a custom cgroup root) are
 /// skipped; anything below the container (a cgroup it made itself) still belongs to it.
 pub fn container_of(cgroup: &str) -> Option<ContainerRef> {
-    cgroup.lines().filter_map(|line| line.splitn(3, ':').nth(2)).find_map(container_in_path)
+    cgroup_paths(cgroup).find_map(container_in_path)
+}
+
+/// The cgroup path of every line of /proc/PID/cgroup's text (`<id>:<controllers>:<path>`).
+fn cgroup_paths(cgroup: &str) -> impl Iterator<Item = &str> {
+    cgroup.lines().filter_map(|line| line.splitn(3, ':').nth(2))
 }
 
 fn container_in_path(path: &str) -> Option<ContainerRef> {
@@ -209,9 +214,7 @@ fn container_id_in(segment: &str) -> Option<&str> {
 /// (cgroupfs manager, below `libpod_parent`) or `libpod-<id>.scope` (systemd, below
 /// `machine.slice`). Its monitor's `libpod-conmon-<id>` is no container.
 pub fn podman_container_of(cgroup: &str) -> Option<&str> {
-    cgroup
-        .lines()
-        .filter_map(|line| line.splitn(3, ':').nth(2))
+    cgroup_paths(cgroup)
         .flat_map(|path| path.trim_end().split('/'))
         .filter_map(|segment| segment.strip_prefix("libpod-"))
         .map(|name| name.strip_suffix(".scope").unwrap_or(name))
@@ -227,15 +230,13 @@ pub fn containerd_container_of<'a>(cgroup: &'a str, tasks: &Path) -> Option<(&'a
             && s.len() <= MAX_NAME_BYTES
             && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     };
-    cgroup
-        .lines()
-        .filter_map(|line| line.splitn(3, ':').nth(2))
-        .filter_map(|path| path.trim_end().strip_prefix('/')?.split_once('/'))
-        .find(|(namespace, id)| {
+    cgroup_paths(cgroup).filter_map(|path| path.trim_end().strip_prefix('/')?.split_once('/')).find(
+        |(namespace, id)| {
             identifier(namespace)
                 && identifier(id)
                 && tasks.join(namespace).join(id).join("config.json").is_file()
-        })
+        },
+    )
 }
 
 /// The name podman gave container `id`, from containers/storage's list (`containers.json`).

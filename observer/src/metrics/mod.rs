@@ -219,7 +219,7 @@ impl Metrics {
     /// (through the label policy) where the family needs them as such.
     fn dispatch(&self, w: &Workload, Decoded { at, event }: Decoded) {
         let o = &self.observer;
-        let label = |label: Label| self.admit(label.slot, label.bytes, label.truncated);
+        let label = |label: Label| series_cache::Resolve::resolve(self, label).0;
         let admit = |name: &[u8], cut| self.admit(field::SERVER, name, cut);
         match event {
             Event::RequestEnd { id, status, timing, labels } => {

@@ -106,8 +106,7 @@ fn start_agent(logs: &Path, wrapper: &[&str]) -> Running {
     };
     command.args(["agent", "--listen", "127.0.0.1:0", "--container-logs"]).arg(logs).env("RUST_LOG", "info");
     let agent = Running::spawn(command, "serving /metrics on ");
-    let url = format!("http://{}/readyz", agent.addr);
-    wait_for(Duration::from_secs(10), "agent ready", || ureq::get(&url).call().is_ok());
+    wait_ready(&agent);
     agent
 }
 

@@ -182,8 +182,7 @@ fn the_daemonsets_container_observes_proxies_in_other_containers() {
     let observer =
         Container::run("mcp-observe-test-agent", &agent.flags, &agent.image, &args, "serving /metrics on ");
     let running = observer.running();
-    let url = format!("http://{}/readyz", running.addr);
-    wait_for(std::time::Duration::from_secs(10), "agent ready", || ureq::get(&url).call().is_ok());
+    wait_ready(running);
     let pids = proxies.each_ref().map(Container::pid);
     scrape_until(running, "both proxies observed", |_| {
         let log = running.stderr.lock().unwrap();

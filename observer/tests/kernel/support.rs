@@ -138,9 +138,14 @@ pub fn start_observer_env(pids: &[u32], extra: &[&str], env: &[(&str, &str)]) ->
         command.args(["--pid", &pid.to_string()]);
     }
     let observer = Running::spawn(command, "serving /metrics on ");
-    let url = format!("http://{}/readyz", observer.addr);
-    wait_for(Duration::from_secs(10), "observer ready", || ureq::get(&url).call().is_ok());
+    wait_ready(&observer);
     observer
+}
+
+/// Waits until the mcp-observe in `observer` answers /readyz with 200.
+pub fn wait_ready(observer: &Running) {
+    let url = format!("http://{}/readyz", observer.addr);
+    wait_for(Duration::from_secs(10), "mcp-observe ready", || ureq::get(&url).call().is_ok());
 }
 
 pub fn wait_for(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
