@@ -5,13 +5,12 @@
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use crate::client::Client;
+use crate::client::Endpoint;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The proxy's MCP endpoint, e.g. http://127.0.0.1:8080/mcp.
-    #[arg(long)]
-    url: String,
+    #[command(flatten)]
+    proxy: Endpoint,
     /// The proxy's tool name, `<server>__<tool>`, e.g. alpha__connect.
     #[arg(long)]
     tool: String,
@@ -31,7 +30,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bail!("--args must be a JSON object, not {arguments}");
     }
     let params = json!({"name": args.tool, "arguments": arguments});
-    let client = Client::new(&args.url);
+    let client = args.proxy.client();
     let (reply, _) = client.request(Some(&args.token), None, "tools/call", &params).await?;
     let (result, error) = (reply.body.get("result"), reply.body.get("error"));
     if result.is_none() && error.is_none() {

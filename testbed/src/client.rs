@@ -20,6 +20,20 @@ impl Reply {
     }
 }
 
+/// `--url`, for every command that talks to the proxy.
+#[derive(Debug, clap::Args)]
+pub struct Endpoint {
+    /// The proxy's MCP endpoint, e.g. http://127.0.0.1:8080/mcp.
+    #[arg(long)]
+    url: String,
+}
+
+impl Endpoint {
+    pub fn client(&self) -> Client {
+        Client::new(&self.url)
+    }
+}
+
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,

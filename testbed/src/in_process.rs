@@ -53,7 +53,9 @@ impl InProcess {
         match kind {
             InProcessKind::None => Self::None,
             InProcessKind::Prometheus => Self::Prometheus(PrometheusMetrics::new()),
-            InProcessKind::Opentelemetry => Self::OpenTelemetry(OtelMetrics::new(Discard)),
+            InProcessKind::Opentelemetry => {
+                Self::OpenTelemetry(OtelMetrics::new(Exporter(|_: &ResourceMetrics| {})))
+            }
         }
     }
 
@@ -195,12 +197,14 @@ impl Drop for OtelMetrics {
     }
 }
 
-/// A push exporter that drops what the periodic reader collected: the collection work is
-/// upstream's, the network export is left out.
-pub struct Discard;
+/// A push exporter that hands what the periodic reader collected to a function: in
+/// production one that drops it (the collection work is upstream's, the network export is
+/// left out), in the tests one that keeps it.
+pub struct Exporter<F>(pub F);
 
-impl PushMetricExporter for Discard {
-    async fn export(&self, _metrics: &ResourceMetrics) -> OTelSdkResult {
+impl<F: Fn(&ResourceMetrics) + Send + Sync + 'static> PushMetricExporter for Exporter<F> {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        (self.0)(metrics);
         Ok(())
     }
 
@@ -287,47 +291,29 @@ mod tests {
     /// One exported data point: instrument, sum or count, sorted attributes.
     type Point = (String, u64, Vec<(String, String)>);
 
-    /// Keeps the data points of the last export.
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<Point>>>);
-
-    impl PushMetricExporter for Capture {
-        async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-            let attributes = |kvs: &mut dyn Iterator<Item = &KeyValue>| {
-                let mut kvs: Vec<_> = kvs.map(|kv| (kv.key.to_string(), kv.value.to_string())).collect();
-                kvs.sort();
-                kvs
-            };
-            let mut seen = Vec::new();
-            for metric in metrics.scope_metrics().flat_map(|scope| scope.metrics()) {
-                let name = metric.name().to_string();
-                match metric.data() {
-                    AggregatedMetrics::U64(MetricData::Sum(sum)) => seen.extend(
-                        sum.data_points().map(|p| (name.clone(), p.value(), attributes(&mut p.attributes()))),
-                    ),
-                    AggregatedMetrics::F64(MetricData::Histogram(histogram)) => seen.extend(
-                        histogram
-                            .data_points()
-                            .map(|p| (name.clone(), p.count(), attributes(&mut p.attributes()))),
-                    ),
-                    _ => {}
-                }
+    /// The data points of one export: instrument, sum or count, sorted attributes.
+    fn points(metrics: &ResourceMetrics) -> Vec<Point> {
+        let attributes = |kvs: &mut dyn Iterator<Item = &KeyValue>| {
+            let mut kvs: Vec<_> = kvs.map(|kv| (kv.key.to_string(), kv.value.to_string())).collect();
+            kvs.sort();
+            kvs
+        };
+        let mut seen = Vec::new();
+        for metric in metrics.scope_metrics().flat_map(|scope| scope.metrics()) {
+            let name = metric.name().to_string();
+            match metric.data() {
+                AggregatedMetrics::U64(MetricData::Sum(sum)) => seen.extend(
+                    sum.data_points().map(|p| (name.clone(), p.value(), attributes(&mut p.attributes()))),
+                ),
+                AggregatedMetrics::F64(MetricData::Histogram(histogram)) => seen.extend(
+                    histogram
+                        .data_points()
+                        .map(|p| (name.clone(), p.count(), attributes(&mut p.attributes()))),
+                ),
+                _ => {}
             }
-            *self.0.lock().unwrap() = seen;
-            Ok(())
         }
-
-        fn force_flush(&self) -> OTelSdkResult {
-            Ok(())
-        }
-
-        fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-            Ok(())
-        }
-
-        fn temporality(&self) -> Temporality {
-            Temporality::Cumulative
-        }
+        seen
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,8 +325,10 @@ mod tests {
         drop(discard);
 
         // … and the same instruments, exported, hold what upstream would send.
-        let capture = Capture::default();
-        let metrics = OtelMetrics::new(capture.clone());
+        let last_export = Arc::new(Mutex::new(Vec::new()));
+        let keep = last_export.clone();
+        let metrics =
+            OtelMetrics::new(Exporter(move |m: &ResourceMetrics| *keep.lock().unwrap() = points(m)));
         metrics.record(&ECHO, Instant::now());
         metrics.record(&ECHO, Instant::now());
         let ping = RequestLabels { method: "ping", server: "", tool: "", status: Status::Ok, ..ECHO };
@@ -362,7 +350,7 @@ mod tests {
             pair("mcp.status", "ok"),
             pair("mcp.transport", "streamable_http"),
         ];
-        let mut seen = capture.0.lock().unwrap().clone();
+        let mut seen = last_export.lock().unwrap().clone();
         seen.sort();
         assert_eq!(
             seen,

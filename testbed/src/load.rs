@@ -13,16 +13,15 @@ use serde_json::{Value, json};
 
 use crate::{
     backend,
-    client::{Client, initialize_params},
+    client::{Endpoint, initialize_params},
     proxy::TOOL_SEPARATOR,
     truth::{Credentials, Sent, Tally},
 };
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The proxy's MCP endpoint, e.g. http://127.0.0.1:8080/mcp.
-    #[arg(long)]
-    url: String,
+    #[command(flatten)]
+    proxy: Endpoint,
     /// Requests to send after each identity's `initialize`.
     #[arg(long)]
     calls: usize,
@@ -131,7 +130,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let client = Client::new(&args.url);
+    let client = args.proxy.client();
     let tally: Arc<Mutex<Tally>> = Arc::default();
     let mut sessions = Vec::new();
     for (identity, token) in IDENTITIES {

@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail, ensure};
 use serde_json::{Value, json};
 
 use crate::{
-    client::{Client, Reply, initialize_params},
+    client::{Client, Endpoint, Reply, initialize_params},
     jsonrpc,
     proxy::TOOL_SEPARATOR,
     truth::{Credentials, Sent, Tally},
@@ -24,9 +24,8 @@ use crate::{
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The proxy's MCP endpoint, e.g. http://127.0.0.1:8080/mcp.
-    #[arg(long)]
-    url: String,
+    #[command(flatten)]
+    proxy: Endpoint,
     /// The proxy's `--idle-timeout-ms`; each cycle ends idle for three times as long.
     #[arg(long)]
     idle_ms: u64,
@@ -50,7 +49,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Cycle 0's tools/list is what tells the tool counts.
     ensure!(args.cycles >= 1, "--cycles must be at least 1");
     let (first, crashing) = (args.healthy[0].clone(), args.healthy[args.healthy.len() - 1].clone());
-    let mut script = Script::open(&args.url).await?;
+    let mut script = Script::open(args.proxy.client()).await?;
 
     for cycle in 0..args.cycles {
         if cycle == 0 {
@@ -109,8 +108,7 @@ struct Script {
 }
 
 impl Script {
-    async fn open(url: &str) -> anyhow::Result<Self> {
-        let client = Client::new(url);
+    async fn open(client: Client) -> anyhow::Result<Self> {
         let params = initialize_params("mcp-testbed-pool");
         let (reply, session) = client.request(Some(TOKEN), None, "initialize", &params).await?;
         let mut tally = Tally::default();

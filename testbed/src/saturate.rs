@@ -10,15 +10,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use crate::client::{Client, initialize_params};
+use crate::client::{Endpoint, initialize_params};
 
 const TOKEN: &str = "alice-token";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The proxy's MCP endpoint, e.g. http://127.0.0.1:8080/mcp.
-    #[arg(long)]
-    url: String,
+    #[command(flatten)]
+    proxy: Endpoint,
     /// Length of the counted window, in seconds.
     #[arg(long)]
     seconds: f64,
@@ -47,7 +46,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .ok()
         .filter(|w| !w.is_zero())
         .with_context(|| format!("--seconds {} is not a positive number", args.seconds))?;
-    let client = Client::new(&args.url);
+    let client = args.proxy.client();
     let (reply, session) =
         client.request(Some(TOKEN), None, "initialize", &initialize_params("mcp-testbed-saturate")).await?;
     if reply.http != 200 || reply.body.get("result").is_none() {

@@ -96,99 +96,38 @@ pub struct Stamp {
 
 /// What one ring-buffer record says, its ABI values unpacked and checked. Ids are the
 /// proxy's (requests, connections, sessions) or the kernel's (a socket's address, a pid).
+///
+/// - `labels` are a request end's method, transport, identity, server and tool; an ACL
+///   decision's identity, server and tool; a classifier cache lookup's server.
+/// - `ChildSpawn`: the proxy named its child `pid` after backend `server`. `ChildFork`'s
+///   `command` is the child's command name, NUL-padded; `ChildExec`'s `path` the
+///   executable's path (its tail when long).
+/// - `ProcessExec`: a process outside every target's tree, or a target itself, executed a
+///   program. `TargetExit`: a target process exited.
 #[derive(Clone, Copy, Debug)]
 pub enum Event<'a> {
-    /// `labels`: method, transport, identity, server and tool.
-    RequestEnd {
-        id: u64,
-        status: Status,
-        timing: Timing,
-        labels: Strings<'a>,
-    },
-    /// `labels`: identity, server and tool.
-    AclDecision {
-        decision: Decision,
-        labels: Strings<'a>,
-    },
-    AuthFailure {
-        reason: AuthFailure,
-    },
-    BackendConnectStart {
-        conn: u64,
-    },
-    BackendConnectEnd {
-        conn: u64,
-        kind: ConnectKind,
-        result: ConnectResult,
-        server: Label<'a>,
-    },
-    BackendDisconnect {
-        conn: u64,
-        reason: DisconnectReason,
-        server: Label<'a>,
-    },
-    BackendsConfigured {
-        count: u64,
-    },
+    RequestEnd { id: u64, status: Status, timing: Timing, labels: Strings<'a> },
+    AclDecision { decision: Decision, labels: Strings<'a> },
+    AuthFailure { reason: AuthFailure },
+    BackendConnectStart { conn: u64 },
+    BackendConnectEnd { conn: u64, kind: ConnectKind, result: ConnectResult, server: Label<'a> },
+    BackendDisconnect { conn: u64, reason: DisconnectReason, server: Label<'a> },
+    BackendsConfigured { count: u64 },
     IdleReaperRun,
-    SessionOpen {
-        session: u64,
-        transport: Label<'a>,
-    },
-    SessionClose {
-        session: u64,
-        reason: SessionCloseReason,
-        transport: Label<'a>,
-    },
-    ToolCacheSize {
-        entries: u64,
-        server: Label<'a>,
-    },
-    /// `labels`: the server.
-    ClassifierCache {
-        outcome: CacheOutcome,
-        labels: Strings<'a>,
-    },
-    /// The proxy named its child `pid` after backend `server`.
-    ChildSpawn {
-        pid: u32,
-        server: Label<'a>,
-    },
-    TcpOpen {
-        socket: u64,
-        direction: Direction,
-    },
-    TcpClose {
-        socket: u64,
-        direction: Direction,
-    },
-    TcpReset {
-        direction: Direction,
-    },
-    TcpTimeout {
-        direction: Direction,
-        kind: TimeoutKind,
-    },
-    TcpRetransmit {
-        direction: Direction,
-    },
-    /// `command`: the child's command name, NUL-padded.
-    ChildFork {
-        pid: u32,
-        command: Label<'a>,
-    },
-    /// `path`: the executable's path (its tail when long).
-    ChildExec {
-        pid: u32,
-        path: Label<'a>,
-    },
-    ChildExit {
-        pid: u32,
-        outcome: ChildOutcome,
-    },
-    /// A process outside every target's tree, or a target itself, executed a program.
+    SessionOpen { session: u64, transport: Label<'a> },
+    SessionClose { session: u64, reason: SessionCloseReason, transport: Label<'a> },
+    ToolCacheSize { entries: u64, server: Label<'a> },
+    ClassifierCache { outcome: CacheOutcome, labels: Strings<'a> },
+    ChildSpawn { pid: u32, server: Label<'a> },
+    TcpOpen { socket: u64, direction: Direction },
+    TcpClose { socket: u64, direction: Direction },
+    TcpReset { direction: Direction },
+    TcpTimeout { direction: Direction, kind: TimeoutKind },
+    TcpRetransmit { direction: Direction },
+    ChildFork { pid: u32, command: Label<'a> },
+    ChildExec { pid: u32, path: Label<'a> },
+    ChildExit { pid: u32, outcome: ChildOutcome },
     ProcessExec,
-    /// A target process exited.
     TargetExit,
 }
 
