@@ -4,6 +4,7 @@
 
 // By stage; which module imports which is drawn in docs/architecture.md.
 // Finding and attaching: the kernel, the probes, the programs, the processes.
+mod backing;
 mod error;
 mod hooks;
 mod kernel;

@@ -137,6 +137,10 @@ impl Executable {
     }
 
     /// This open file as a path for the kernel.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     pub fn fd_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }

@@ -15,6 +15,7 @@ use std::{
 };
 
 use crate::{
+    backing::Backing,
     error::ObserveError,
     events::Lifecycle,
     loader::{Loaded, ProbeLink},
@@ -36,8 +37,7 @@ const RESCAN_EVERY: Duration = Duration::from_secs(30);
 /// children's stdin) is reported after the exit itself.
 const FORGET_AFTER: Duration = Duration::from_secs(1);
 
-/// An executable file as `stat` names it. A file seen through two overlay mounts (two
-/// containers of one image) has two names; the uprobe cookies keep their hits apart.
+/// An executable file as `stat` names it (through an overlay mount: the mount's name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct FileKey {
     dev: u64,
@@ -83,7 +83,10 @@ struct Target {
     /// When the agent began adding it (CLOCK_MONOTONIC ns): an exit reported before is
     /// an earlier process's (the pid was reused).
     added_ns: u64,
-    binary: Option<FileKey>,
+    /// What it runs, as `stat` names it: an exec that changes it replaces the program.
+    runs: FileKey,
+    /// The file with its uprobes, unless in kernel-only mode.
+    binary: Option<Backing>,
     labels: WorkloadLabels,
 }
 
@@ -102,7 +105,7 @@ pub struct Targets {
     sources: workload::Sources,
     /// Series of a workload with no process left are removed after this.
     retention: Duration,
-    binaries: HashMap<FileKey, Binary>,
+    binaries: HashMap<Backing, Binary>,
     next_binary_id: u32,
     /// Uprobes being detached, each set on a thread of its own.
     detaching: Vec<JoinHandle<()>>,
@@ -177,15 +180,14 @@ impl Targets {
         if self.kernel().root_of(pid).is_some_and(|root| root != pid) {
             return Ok(None);
         }
-        let key = FileKey::of(&executable.meta);
         let binary = match &table {
-            Some(table) => Some(self.attach(pid, key, executable, table)?),
+            Some(table) => Some(self.attach(pid, Backing::of(pid, executable), executable, table)?),
             None => None,
         };
         let labels = workload::resolve(&self.sources, pid, &executable.path);
         let names_children = table.as_ref().is_some_and(|t| t.site("child_spawn").is_some());
         self.state.metrics.add_target(pid, &labels, names_children);
-        let id = binary.map_or(0, |key| self.binaries[&key].id);
+        let id = binary.as_ref().map_or(0, |key| self.binaries[key].id);
         let tracked = self.kernel().track(pid, id);
         let snapshot = match tracked {
             Ok(snapshot) => snapshot,
@@ -202,11 +204,13 @@ impl Targets {
             self.state.metrics.existing_child(pid, *child, executable);
         }
         log::info!("observing pid {pid} ({}) as {labels}", executable.path.display());
-        self.processes.insert(pid, Target { start_time, added_ns, binary, labels: labels.clone() });
         let attached = binary
-            .and_then(|key| self.binaries.get(&key))
+            .as_ref()
+            .and_then(|key| self.binaries.get(key))
             .map(|b| b.links.iter().map(|l| l.probe).collect())
             .unwrap_or_default();
+        let runs = FileKey::of(&executable.meta);
+        self.processes.insert(pid, Target { start_time, added_ns, runs, binary, labels: labels.clone() });
         self.update_gauges();
         Ok(Some(Added { table, labels, snapshot, attached }))
     }
@@ -219,10 +223,10 @@ impl Targets {
     fn attach(
         &mut self,
         pid: u32,
-        key: FileKey,
+        key: Backing,
         executable: &Executable,
         table: &ProbeTable,
-    ) -> Result<FileKey, ObserveError> {
+    ) -> Result<Backing, ObserveError> {
         if let Some(binary) = self.binaries.get_mut(&key) {
             binary.processes += 1;
             return Ok(key);
@@ -232,7 +236,7 @@ impl Targets {
         // 0 is "no uprobes".
         self.next_binary_id = self.next_binary_id.checked_add(1).unwrap_or(1);
         log::info!("attached {} probes to {}", links.len(), table.path.display());
-        self.binaries.insert(key, Binary { id, path: table.path.clone(), links, processes: 1 });
+        self.binaries.insert(key.clone(), Binary { id, path: table.path.clone(), links, processes: 1 });
         Ok(key)
     }
 
@@ -240,7 +244,7 @@ impl Targets {
     /// detach on a thread of their own: each waits for the kernel (an RCU grace period,
     /// about 0.1 s here), and new proxies must not wait behind them. Uprobes placed on the
     /// file again meanwhile have another cookie: no hit counts twice.
-    fn release(&mut self, key: FileKey) {
+    fn release(&mut self, key: Backing) {
         let Some(binary) = self.binaries.get_mut(&key) else { return };
         binary.processes -= 1;
         if binary.processes == 0 {
@@ -309,7 +313,7 @@ impl Targets {
                     let runs = std::fs::metadata(tree::proc_path(pid).join("exe"))
                         .ok()
                         .map(|meta| FileKey::of(&meta));
-                    if runs != target.binary {
+                    if runs != Some(target.runs) {
                         self.gone(pid);
                         self.retry.push(pid);
                     }
@@ -405,7 +409,7 @@ impl Targets {
         pids.into_iter()
             .map(|pid| {
                 let target = &self.processes[pid];
-                let binary = target.binary.and_then(|key| self.binaries.get(&key));
+                let binary = target.binary.as_ref().and_then(|key| self.binaries.get(key));
                 let (path, probes) = binary.map_or((PathBuf::new(), 0), |b| (b.path.clone(), b.links.len()));
                 format!(
                     "pid {pid}: {} with {probes} probes attached, labelled {}",

@@ -127,10 +127,12 @@ pub fn is_alive(pid: u32) -> bool {
 
 /// Every process's (pid, parent pid).
 fn processes() -> Vec<(u32, u32)> {
-    pids()
-        .into_iter()
-        .filter_map(|pid| Some((pid, parent_of(&fs::read_to_string(proc_path(pid).join("stat")).ok()?)?)))
-        .collect()
+    pids().into_iter().filter_map(|pid| Some((pid, parent(pid)?))).collect()
+}
+
+/// The parent of `pid`.
+pub fn parent(pid: u32) -> Option<u32> {
+    parent_of(&fs::read_to_string(proc_path(pid).join("stat")).ok()?)
 }
 
 /// The parent pid in a `/proc/PID/stat` line.

@@ -69,6 +69,8 @@ fn apt_options(root: &Path) -> Vec<String> {
 struct Kernel {
     release: String,
     vmlinuz: PathBuf,
+    /// Its overlayfs module, uncompressed: the tests mount overlays as container runtimes do.
+    overlay: PathBuf,
 }
 
 /// The private apt state, its lists updated once per run: the options that select it.
@@ -140,11 +142,49 @@ fn fetch(suite: &str) -> anyhow::Result<Kernel> {
         .find(|d| d.starts_with("linux-image-") && !d.ends_with("-unsigned"))
         .with_context(|| format!("no linux-image-amd64 in Debian {suite} in the private apt lists"))?
         .to_string();
+    // A cache from before the overlay module was kept is fetched again.
+    let _ = std::fs::remove_dir_all(dir.join("root"));
     let root = unpack(&options, suite, &image, &dir)?;
-    // Only the image is booted; its modules are not needed.
+    keep_overlay_module(&root, &dir)?;
+    // Only the image is booted; of its modules, the tests need overlayfs alone.
     let _ = std::fs::remove_dir_all(root.join("lib/modules"));
     let _ = std::fs::remove_dir_all(root.join("usr/lib/modules"));
     unpacked(&dir)?.with_context(|| format!("{} holds no boot/vmlinuz-*", root.display()))
+}
+
+/// Writes the overlayfs module of the kernel unpacked in `root` to `dir/overlay.ko`,
+/// uncompressed (busybox's insmod reads plain modules), through a partial file.
+fn keep_overlay_module(root: &Path, dir: &Path) -> anyhow::Result<()> {
+    let found = ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .filter_map(|modules| std::fs::read_dir(root.join(modules)).ok())
+        .flatten()
+        .flat_map(|release| {
+            let overlayfs = release.map(|r| r.path().join("kernel/fs/overlayfs")).unwrap_or_default();
+            ["overlay.ko", "overlay.ko.xz", "overlay.ko.zst"].map(|name| overlayfs.join(name))
+        })
+        .find(|path| path.is_file())
+        .with_context(|| format!("no kernel/fs/overlayfs/overlay.ko* under {}", root.display()))?;
+    let partial = dir.join("overlay.ko.partial");
+    let decompressor = match found.extension().and_then(|e| e.to_str()) {
+        Some("xz") => Some("xz"),
+        Some("zst") => Some("zstd"),
+        _ => None,
+    };
+    match decompressor {
+        Some(tool) => {
+            let out = Command::new(tool).arg("-dc").arg(&found).output()?;
+            if !out.status.success() {
+                bail!("{tool} -dc {}: {}", found.display(), String::from_utf8_lossy(&out.stderr));
+            }
+            std::fs::write(&partial, out.stdout)?;
+        }
+        None => {
+            std::fs::copy(&found, &partial)?;
+        }
+    }
+    std::fs::rename(&partial, dir.join("overlay.ko"))?;
+    Ok(())
 }
 
 /// Debian bookworm's static busybox (the initramfs's shell and tools), fetched once.
@@ -161,21 +201,27 @@ fn busybox() -> anyhow::Result<PathBuf> {
 }
 
 fn unpacked(dir: &Path) -> anyhow::Result<Option<Kernel>> {
+    let overlay = dir.join("overlay.ko");
+    if !overlay.is_file() {
+        return Ok(None);
+    }
     let Ok(boot) = std::fs::read_dir(dir.join("root/boot")) else { return Ok(None) };
     for entry in boot {
         let path = entry?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
         if let Some(release) = name.strip_prefix("vmlinuz-") {
-            return Ok(Some(Kernel { release: release.to_string(), vmlinuz: path }));
+            return Ok(Some(Kernel { release: release.to_string(), vmlinuz: path, overlay }));
         }
     }
     Ok(None)
 }
 
-/// The initramfs: `binaries` and their libraries at their host paths, busybox for the
-/// rest, and `init`; written to `out`.
+/// The initramfs: `binaries` and their libraries at their host paths, each kernel's
+/// overlayfs module at `/lib/modules/<release>/overlay.ko`, busybox for the rest, and
+/// `init`; written to `out`.
 fn initramfs(
     binaries: &[PathBuf],
+    kernels: &[Kernel],
     workdir: &Path,
     staging: &Path,
     out: &Path,
@@ -189,6 +235,11 @@ fn initramfs(
     }
     std::fs::create_dir_all(staging.join(workdir.strip_prefix("/")?))?;
     rootfs::place_with_libraries(staging, binaries)?;
+    for kernel in kernels {
+        let modules = staging.join("lib/modules").join(&kernel.release);
+        std::fs::create_dir_all(&modules)?;
+        std::fs::copy(&kernel.overlay, modules.join("overlay.ko"))?;
+    }
     // busybox is static: no libraries.
     let busybox = busybox()?;
     std::fs::copy(&busybox, staging.join("bin/busybox"))?;
@@ -229,6 +280,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tracefs tracefs /sys/kernel/tracing
+insmod /lib/modules/$(uname -r)/overlay.ko
 ip link set lo up
 {{
   echo "kernel $(uname -r)"
@@ -302,10 +354,11 @@ pub fn run(workspace: &Path) -> anyhow::Result<Vec<Outcome>> {
     std::fs::create_dir_all(&scratch)?;
     let workdir = workspace.join("observer");
     let initrd = scratch.join("initramfs.cpio");
-    initramfs(&binaries, &workdir, &scratch.join("staging"), &initrd, &init_script(&workdir, &tests))?;
+    let kernels = SUITES.map(fetch).into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let init = init_script(&workdir, &tests);
+    initramfs(&binaries, &kernels, &workdir, &scratch.join("staging"), &initrd, &init)?;
     let mut outcomes = Vec::new();
-    for suite in SUITES {
-        let kernel = fetch(suite)?;
+    for (suite, kernel) in SUITES.into_iter().zip(kernels) {
         let console = scratch.join(format!("{suite}.console.log"));
         let results = scratch.join(format!("{suite}.results.log"));
         let started = Instant::now();

@@ -122,6 +122,34 @@ mod on_every_kernel {
         let observer = start_observer(&[proxy.pid()], &["--kernel-only"]);
         assert_tcp_exact(&observer, &proxy);
     }
+
+    #[test]
+    fn containers_of_one_image_share_its_uprobes_and_a_copied_up_binary_has_its_own() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let _serial = kernel_test();
+        let scratch = Scratch::new("image");
+        // One image layer, three containers' root filesystems over it: one inode under
+        // three devices. In the third, a change of the binary's mode copies it up into that
+        // container's own layer: a file of its own, under the same device and inode numbers.
+        let image = scratch.copy_testbed("image/mcp-testbed");
+        let layer = image.parent().unwrap();
+        let roots = ["first", "second", "third"].map(|name| Overlay::new(&scratch, layer, name));
+        let binaries = roots.each_ref().map(|root| root.0.join("mcp-testbed"));
+        std::fs::set_permissions(&binaries[2], std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(scratch.0.join("third/upper/mcp-testbed").is_file(), "copied up");
+        let stats = binaries.each_ref().map(|b| std::fs::metadata(b).unwrap());
+        assert!(stats[0].dev() != stats[1].dev() && stats[0].ino() == stats[2].ino(), "stat tells nothing");
+        let proxies = binaries.each_ref().map(|b| start_proxy(b));
+        let observer = start_observer(&proxies.each_ref().map(Running::pid), &[]);
+        // The kernel attaches to the file behind the overlay: the image's for the first two.
+        let attached =
+            observer.stderr.lock().unwrap().iter().filter(|l| l.contains("] attached 14 probes to ")).count();
+        assert_eq!(attached, 2, "{:?}", observer.stderr.lock().unwrap());
+        for (seed, proxy) in proxies.iter().enumerate() {
+            let truth = run_load(proxy, 60, 4, 9 + seed as u64, 10);
+            assert_workload_requests_match(&observer, &[("pid", &proxy.pid().to_string())], &truth);
+        }
+    }
 }
 
 /// A copy of this kernel's formats of every hook's tracepoint, under `root`, without

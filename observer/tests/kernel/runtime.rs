@@ -21,13 +21,13 @@ fn podman() -> Command {
     command
 }
 
-/// `podman run` with the limits this machine allows: its hard limits are below podman's
-/// defaults (DESIGN.md).
-fn podman_run() -> Command {
+/// `podman run` or `podman create` with the limits this machine allows: its hard limits
+/// are below podman's defaults (DESIGN.md).
+fn podman_container(verb: &str) -> Command {
     let hard = Command::new("sh").args(["-c", "ulimit -Hn"]).output().unwrap();
     let hard = String::from_utf8_lossy(&hard.stdout).trim().to_string();
     let mut command = podman();
-    command.args(["run", &format!("--ulimit=nofile={hard}:{hard}"), "--ulimit=nproc=4096:4096"]);
+    command.args([verb, &format!("--ulimit=nofile={hard}:{hard}"), "--ulimit=nproc=4096:4096"]);
     command
 }
 
@@ -107,10 +107,31 @@ impl Container {
     /// Runs `image` with `flags` and `args`, and waits for `marker` on its stderr.
     fn run(name: &str, flags: &[String], image: &str, args: &[&str], marker: &str) -> Container {
         let _ = podman().args(["rm", "--force", "--time", "0", name]).output();
-        let mut command = podman_run();
+        let mut command = podman_container("run");
         command.args(["--name", name]).args(flags).arg(image).args(args);
         let running = Running::spawn(command, marker);
         Container { name: name.to_string(), running: Some(running) }
+    }
+
+    /// As [`Container::run`], but the container's own copy of `binary` (overlayfs copies a
+    /// file up into the container's layer when its attributes change) runs instead of the
+    /// image's.
+    fn run_copied_up(name: &str, flags: &[String], image: &str, args: &[&str], marker: &str) -> Container {
+        let _ = podman().args(["rm", "--force", "--time", "0", name]).output();
+        let mut create = podman_container("create");
+        let created = create.args(["--name", name]).args(flags).arg(image).args(args).output().unwrap();
+        assert!(created.status.success(), "podman create: {}", String::from_utf8_lossy(&created.stderr));
+        let mounted = podman().args(["mount", name]).output().unwrap();
+        let merged = String::from_utf8_lossy(&mounted.stdout).trim().to_string();
+        assert!(mounted.status.success() && !merged.is_empty(), "podman mount {name}");
+        let binary = format!("{merged}{}", args[0]);
+        assert!(Command::new("chmod").args(["0755", &binary]).status().unwrap().success());
+        let upper = std::path::Path::new(&merged).with_file_name("diff").join(&args[0][1..]);
+        assert!(upper.is_file(), "{} copied up", upper.display());
+        assert!(podman().args(["umount", name]).status().unwrap().success());
+        let mut start = podman();
+        start.args(["start", "--attach", name]);
+        Container { name: name.to_string(), running: Some(Running::spawn(start, marker)) }
     }
 
     /// The pid of its first process on the host.
@@ -168,14 +189,20 @@ fn the_daemonsets_container_observes_proxies_in_other_containers() {
         std::fs::create_dir_all(logs).unwrap();
     }
 
-    // Two proxies, each in its own mount, pid and network namespace, as user 1000, from
-    // one image.
+    // Three proxies, each in its own mount, pid and network namespace, as user 1000, from
+    // one image; the third runs its container's own copy of the binary.
     let testbed = testbed_bin().canonicalize().unwrap().display().to_string();
     let proxy_flags: Vec<String> =
         ["--user=1000:1000", "--network=none", "--read-only"].map(String::from).to_vec();
     let proxy_args = [testbed.as_str(), "proxy", "--listen", "127.0.0.1:8080"];
-    let proxies = ["mcp-observe-test-proxy-a", "mcp-observe-test-proxy-b"]
-        .map(|name| Container::run(name, &proxy_flags, TESTBED_IMAGE, &proxy_args, " serving "));
+    let run = |name| Container::run(name, &proxy_flags, TESTBED_IMAGE, &proxy_args, " serving ");
+    let copied_up =
+        |name| Container::run_copied_up(name, &proxy_flags, TESTBED_IMAGE, &proxy_args, " serving ");
+    let proxies = [
+        run("mcp-observe-test-proxy-a"),
+        run("mcp-observe-test-proxy-b"),
+        copied_up("mcp-observe-test-proxy-c"),
+    ];
 
     let links_before = bpf_links();
     let args: Vec<&str> = agent.args.iter().map(String::as_str).collect();
@@ -184,13 +211,12 @@ fn the_daemonsets_container_observes_proxies_in_other_containers() {
     let running = observer.running();
     wait_ready(running);
     let pids = proxies.each_ref().map(Container::pid);
-    scrape_until(running, "both proxies observed", |_| {
+    scrape_until(running, "the three proxies observed", |_| {
         let log = running.stderr.lock().unwrap();
         pids.iter().all(|pid| log.iter().any(|l| l.contains(&format!("] observing pid {pid} "))))
     });
-    // One image, two overlay mounts: one file to the kernel, seen as two (device, inode)
-    // pairs, so one set of uprobes each; each target counts only its own set's hits (the
-    // exact counts below).
+    // One image, three overlay mounts, two files to the kernel: the image's, shared by the
+    // first two (one set of uprobes, though `stat` names it twice), and the third's copy.
     let attached = running
         .stderr
         .lock()
@@ -243,7 +269,7 @@ fn the_daemonsets_container_observes_proxies_in_other_containers() {
     for missing in &agent.capabilities {
         let fewer: Vec<String> =
             agent.flags.iter().filter(|f| **f != format!("--cap-add={missing}")).cloned().collect();
-        let mut command = podman_run();
+        let mut command = podman_container("run");
         command.arg("--rm").args(&fewer).arg(&agent.image).args(&check);
         let out = command.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

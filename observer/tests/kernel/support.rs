@@ -571,3 +571,28 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// An overlay mount of `lower`, as a container runtime makes one per container; unmounted
+/// on drop.
+pub struct Overlay(pub PathBuf);
+
+impl Overlay {
+    pub fn new(scratch: &Scratch, lower: &Path, name: &str) -> Overlay {
+        let [upper, work, merged] = ["upper", "work", "merged"].map(|d| scratch.0.join(name).join(d));
+        for dir in [&upper, &work, &merged] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        let options =
+            format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+        let status =
+            Command::new("mount").args(["-t", "overlay", "overlay", "-o", &options]).arg(&merged).status();
+        assert!(status.unwrap().success(), "mount -t overlay {options}");
+        Overlay(merged)
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
