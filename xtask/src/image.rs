@@ -1,7 +1,8 @@
 //! `cargo xtask image`: the agent's image, built here without pulling anything: a static
 //! (musl) build of `mcp-observe` in a `FROM scratch` image (the repository's Dockerfile),
 //! tagged as k8s/base/daemonset.yaml names it. Also the image the runtime tests run the
-//! testbed proxy from: the release `mcp-testbed` and its libraries, at their host paths.
+//! testbed proxy from: the release `mcp-testbed` at `/usr/local/bin`, its libraries at
+//! their host paths.
 
 use std::{path::Path, process::Command};
 
@@ -53,7 +54,12 @@ pub fn build() -> anyhow::Result<()> {
         std::fs::remove_dir_all(context)?;
     }
     let testbed = std::fs::canonicalize("target/release/mcp-testbed").context("build the testbed first")?;
-    rootfs::place_with_libraries(context, &[testbed])?;
+    rootfs::place_with_libraries(context, std::slice::from_ref(&testbed))?;
+    // In the image's own layer, where a container runtime mounts nothing over it (podman
+    // copies /tmp, where CI's clone lies, into a tmpfs of each container's own).
+    let bin = context.join("usr/local/bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::rename(context.join(testbed.strip_prefix("/")?), bin.join("mcp-testbed"))?;
     let containerfile = context.with_extension("containerfile");
     std::fs::write(&containerfile, "FROM scratch\nCOPY . /\n")?;
     podman_build(&containerfile.display().to_string(), TESTBED_IMAGE, context)

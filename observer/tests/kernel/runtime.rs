@@ -8,8 +8,12 @@ use serde_yaml::Value;
 
 use crate::support::*;
 
-/// The testbed's image (`cargo xtask image`): its binary and libraries at their host paths.
+/// The testbed's image (`cargo xtask image`): its binary, and its libraries at their host
+/// paths.
 const TESTBED_IMAGE: &str = "localhost/mcp-testbed:test";
+
+/// Where the testbed's image holds its binary.
+const TESTBED_IN_IMAGE: &str = "/usr/local/bin/mcp-testbed";
 
 /// Global podman options this kind of machine needs (DESIGN.md: crun refuses its hybrid
 /// cgroup layout).
@@ -53,9 +57,11 @@ fn daemonset() -> Agent {
     if pod["hostPID"] == Value::Bool(true) {
         flags.push("--pid=host".to_string());
     }
-    // Not reproduced: the pod's own network namespace (the test scrapes the agent on the
-    // host's loopback). The agent reads a target's sockets through /proc/PID/net either way.
-    flags.push("--network=host".into());
+    // The pod's own network namespace (no hostNetwork): loopback only here, which is all
+    // the agent needs (it reads a target's sockets through /proc/PID/net); the test scrapes
+    // it from inside.
+    assert!(pod["hostNetwork"].as_bool() != Some(true));
+    flags.push("--network=none".into());
     // RuntimeDefault is the runtime's own default profile: podman applies its default
     // seccomp filter when no profile is named.
     assert_eq!(pod["securityContext"]["seccompProfile"]["type"], Value::from("RuntimeDefault"));
@@ -191,7 +197,7 @@ fn the_daemonsets_container_observes_proxies_in_other_containers() {
 
     // Three proxies, each in its own mount, pid and network namespace, as user 1000, from
     // one image; the third runs its container's own copy of the binary.
-    let testbed = testbed_bin().canonicalize().unwrap().display().to_string();
+    let testbed = TESTBED_IN_IMAGE.to_string();
     let proxy_flags: Vec<String> =
         ["--user=1000:1000", "--network=none", "--read-only"].map(String::from).to_vec();
     let proxy_args = [testbed.as_str(), "proxy", "--listen", "127.0.0.1:8080"];
@@ -206,8 +212,11 @@ fn the_daemonsets_container_observes_proxies_in_other_containers() {
 
     let links_before = bpf_links();
     let args: Vec<&str> = agent.args.iter().map(String::as_str).collect();
-    let observer =
+    let mut observer =
         Container::run("mcp-observe-test-agent", &agent.flags, &agent.image, &args, "serving /metrics on ");
+    let netns = format!("/proc/{}/ns/net", observer.pid());
+    assert_ne!(std::fs::read_link(&netns).unwrap(), std::fs::read_link("/proc/self/ns/net").unwrap());
+    observer.running.as_mut().unwrap().netns = Some(netns.into());
     let running = observer.running();
     wait_ready(running);
     let pids = proxies.each_ref().map(Container::pid);
@@ -344,7 +353,7 @@ fn a_containerd_container_outside_kubernetes_is_labelled_by_namespace_and_id() {
         .status();
     assert!(saved.unwrap().success(), "no image {TESTBED_IMAGE}: run `cargo xtask image`");
     assert!(ctr(&["image", "import", &archive]).status.success());
-    let testbed = testbed_bin().canonicalize().unwrap().display().to_string();
+    let testbed = TESTBED_IN_IMAGE.to_string();
     let container = CtrContainer("proxy-c");
     let run = ctr(&[
         "run",

@@ -46,6 +46,8 @@ pub struct Running {
     pub addr: String,
     /// Every stderr line so far.
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// The network namespace its address is in (`/proc/PID/ns/net`), when not the test's.
+    pub netns: Option<PathBuf>,
 }
 
 impl Running {
@@ -76,7 +78,26 @@ impl Running {
             let _ = child.kill();
             panic!("{command:?} never printed {marker:?}; stderr: {:?}", stderr.lock().unwrap());
         };
-        Running { child, addr, stderr }
+        Running { child, addr, stderr, netns: None }
+    }
+
+    /// GETs `path` from its HTTP listener: the body of a 2xx answer. From a thread in its
+    /// network namespace when it has one of its own.
+    pub fn get(&self, path: &str) -> Result<String, ureq::Error> {
+        let url = format!("http://{}{path}", self.addr);
+        let fetch = || ureq::get(&url).call()?.body_mut().read_to_string();
+        let Some(netns) = &self.netns else { return fetch() };
+        let netns = std::fs::File::open(netns).expect("the network namespace");
+        std::thread::scope(|scope| {
+            let inside = scope.spawn(|| {
+                // SAFETY: moves this thread alone into the namespace `netns` names.
+                let entered =
+                    unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&netns), libc::CLONE_NEWNET) };
+                assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+                fetch()
+            });
+            inside.join().expect("the GET thread")
+        })
     }
 
     /// Waits for the process to exit after `signal`, and returns its stderr lines.
@@ -144,8 +165,7 @@ pub fn start_observer_env(pids: &[u32], extra: &[&str], env: &[(&str, &str)]) ->
 
 /// Waits until the mcp-observe in `observer` answers /readyz with 200.
 pub fn wait_ready(observer: &Running) {
-    let url = format!("http://{}/readyz", observer.addr);
-    wait_for(Duration::from_secs(10), "mcp-observe ready", || ureq::get(&url).call().is_ok());
+    wait_for(Duration::from_secs(10), "mcp-observe ready", || observer.get("/readyz").is_ok());
 }
 
 pub fn wait_for(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
@@ -257,12 +277,7 @@ pub fn settled(observer: &Running) -> Scrape {
 }
 
 pub fn scrape(observer: &Running) -> Scrape {
-    let body = ureq::get(&format!("http://{}/metrics", observer.addr))
-        .call()
-        .expect("GET /metrics")
-        .body_mut()
-        .read_to_string()
-        .expect("metrics body");
+    let body = observer.get("/metrics").expect("GET /metrics");
     Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("valid exposition format")
 }
 
