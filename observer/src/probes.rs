@@ -312,6 +312,12 @@ mod tests {
     }
 
     #[test]
+    fn mcp_probes_packs_request_labels_within_the_caps_the_kernel_keeps() {
+        // mcp-probes lays labels within these caps back to back for one kernel read.
+        assert_eq!(mcp_probes::LABEL_CAPS, observer_common::CAPS);
+    }
+
+    #[test]
     fn a_binary_without_probes_has_no_table() {
         let sh = std::fs::read("/bin/sh").expect("reading /bin/sh");
         assert!(from_elf(&*sh, Path::new("/bin/sh"), true).unwrap().is_none());

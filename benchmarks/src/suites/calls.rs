@@ -23,6 +23,14 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
             .baseline(format!("empty loop {}/iteration", duration(empty)))
             .goal("≤ 2 ns", call - empty <= 2.0),
     );
+    let end_call = number(&unattached["request_end_call_ns"]);
+    bench.record(
+        Figure::new(
+            "request_end call, nothing attached (its labels copied back to back)",
+            duration(end_call - empty),
+        )
+        .baseline(format!("empty loop {}/iteration", duration(empty))),
+    );
 
     let watching = Watching::attach(bench, &load, &[])?;
     let attached = load.ask("attached")?;
@@ -120,6 +128,16 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
             one_hit / opentelemetry,
         )
         .goal("below in-process OpenTelemetry", one_hit < opentelemetry),
+    );
+    // What one kernel read of the labels saves, against five (the raw ABI's labels where
+    // they lie in memory), in the proxy's thread; the agent's work is the same.
+    let scattered = number(&attached["scattered_request_ns"]) - shadow_request;
+    bench.record(
+        Figure::new(
+            "one request in the proxy's thread, labels packed by mcp-probes (one read)",
+            duration(in_proxy),
+        )
+        .against(format!("labels where they lie (five reads) {}", duration(scattered)), in_proxy / scattered),
     );
     bench.record(
         Figure::new("one request, in-process `prometheus` crate", duration(prometheus))

@@ -16,7 +16,7 @@ use observer_common::{
 
 use super::{observed, read_arg};
 use crate::{
-    event::{read_str, send_at},
+    event::{read_packed, read_str, send_at},
     maps::count,
 };
 
@@ -79,11 +79,13 @@ pub fn mcp_request_end(ctx: ProbeContext) -> u32 {
                 }
                 Err(flag) => flag,
             };
-            read_str::<{ field::METHOD }>(&end.method, ev, &mut flags);
-            read_str::<{ field::TRANSPORT }>(&end.transport, ev, &mut flags);
-            read_str::<{ field::IDENTITY }>(&end.identity, ev, &mut flags);
-            read_str::<{ field::SERVER }>(&end.server, ev, &mut flags);
-            read_str::<{ field::TOOL }>(&end.tool, ev, &mut flags);
+            if !read_packed([&end.method, &end.transport, &end.identity, &end.server, &end.tool], ev) {
+                read_str::<{ field::METHOD }>(&end.method, ev, &mut flags);
+                read_str::<{ field::TRANSPORT }>(&end.transport, ev, &mut flags);
+                read_str::<{ field::IDENTITY }>(&end.identity, ev, &mut flags);
+                read_str::<{ field::SERVER }>(&end.server, ev, &mut flags);
+                read_str::<{ field::TOOL }>(&end.tool, ev, &mut flags);
+            }
             flags
         }
     });

@@ -1,10 +1,13 @@
 //! Per-call costs, each measured in windows that interleave the variants being compared
 //! (so that a noisy neighbour hurts them alike); each figure is the median over windows.
 //!
-//! - `unattached`: the proxy's probe call with nothing attached, against an empty loop.
+//! - `unattached`: the proxy's probe call with nothing attached, and `request_end` (which
+//!   copies its labels back to back first), against an empty loop.
 //! - `attached` (mcp-observe attached to this process): one uprobe hit and one observed
 //!   request (start + end), against the same calls to identical unattached copies of the
-//!   probes ([`crate::shadow`]); and one request recorded in-process with the `prometheus`
+//!   probes ([`crate::shadow`]), and the same request through the raw ABI with its labels
+//!   where they lie in memory (five kernel reads instead of one: the layout `mcp-probes`
+//!   does not make); and one request recorded in-process with the `prometheus`
 //!   crate and with the OpenTelemetry SDK as upstream `mcp serve` does, against nothing.
 //! - `requests`: the observed request alone against its unattached copy (run under
 //!   `mcp-observe --no-request-latency`, where only the end is attached).
@@ -64,13 +67,19 @@ fn unattached(args: &Args) -> serde_json::Value {
     let calls = args.calls * 10;
     let mut empty = Vec::new();
     let mut probe = Vec::new();
+    let mut end = Vec::new();
     for _ in 0..args.windows {
         empty.push(per_call(calls, |i| {
             black_box(i);
         }));
         probe.push(per_call(calls, |i| mcp_probes::request_start(black_box(i))));
+        end.push(per_call(calls, |i| mcp_probes::request_end(black_box(i), black_box(&LABELS))));
     }
-    json!({ "empty_ns": median(&mut empty), "probe_call_ns": median(&mut probe) })
+    json!({
+        "empty_ns": median(&mut empty),
+        "probe_call_ns": median(&mut probe),
+        "request_end_call_ns": median(&mut end),
+    })
 }
 
 fn attached(args: &Args) -> serde_json::Value {
@@ -82,8 +91,13 @@ fn attached(args: &Args) -> serde_json::Value {
     let opentelemetry = InProcess::new(InProcessKind::Opentelemetry);
     let mut next_id = 0u64;
     let [mut hit, mut shadow_hit] = [Vec::new(), Vec::new()];
-    let [mut pair, mut shadow_pair, mut empty, mut prom, mut otel] =
-        [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let [mut pair, mut shadow_pair, mut scattered, mut empty, mut prom, mut otel] =
+        [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    // Each label an allocation of its own: never back to back.
+    let owned =
+        [LABELS.method, LABELS.transport, LABELS.identity, LABELS.server, LABELS.tool].map(String::from);
+    let [method, transport, identity, server, tool] = owned.each_ref().map(|s| ProbeStr::new(s));
+    let scattered_end = RequestEnd { method, transport, identity, server, tool, ..end };
     for _ in 0..args.windows {
         hit.extend(each_call(args.calls, mcp_probes::idle_reaper_run));
         std::thread::sleep(DRAIN);
@@ -91,6 +105,12 @@ fn attached(args: &Args) -> serde_json::Value {
         let (observed, unattached) = request_window(args.calls, &mut next_id, &end);
         pair.push(observed);
         shadow_pair.push(unattached);
+        scattered.push(per_call(args.calls, |_| {
+            next_id += 1;
+            mcp_probes::request_start(next_id);
+            mcp_probes::mcp_probe_request_end(next_id, &scattered_end);
+        }));
+        std::thread::sleep(DRAIN);
         empty.push(per_call(args.calls, |_| {
             black_box(Instant::now());
         }));
@@ -104,6 +124,7 @@ fn attached(args: &Args) -> serde_json::Value {
         "shadow_hit_ns_p99": percentile(&mut shadow_hit, 0.99),
         "request_ns": median(&mut pair),
         "shadow_request_ns": median(&mut shadow_pair),
+        "scattered_request_ns": median(&mut scattered),
         "clock_ns": median(&mut empty),
         "prometheus_ns": median(&mut prom),
         "opentelemetry_ns": median(&mut otel),
