@@ -86,8 +86,13 @@ fn overlay_backing(pid: u32, executable: &Executable) -> Option<Backing> {
     Some(Backing::LowerHandle {
         handle: lower_handle(executable.file())?,
         size: meta.size(),
-        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        mtime_ns: mtime_ns(meta),
     })
+}
+
+/// A file's modification time in ns: with its size, what tells two versions of it apart.
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
+    i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
 }
 
 /// The mount an open file lies on, from /proc/self/fdinfo.

@@ -61,11 +61,7 @@ struct FileVersion {
 
 impl FileVersion {
     fn of(meta: &std::fs::Metadata) -> Self {
-        Self {
-            key: FileKey::of(meta),
-            size: meta.size(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-        }
+        Self { key: FileKey::of(meta), size: meta.size(), mtime_ns: crate::backing::mtime_ns(meta) }
     }
 }
 

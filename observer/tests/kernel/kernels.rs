@@ -65,16 +65,21 @@ fn assert_reported(hook: &str, present: bool, check: &str, observer: &Running) {
     }
 }
 
-/// K connections to the proxy and M of its backend to a sink, and nothing of the test's
-/// own traffic, counted exactly.
+/// K more connections to the proxy (after those of the load, if any, have closed) and M of
+/// its backend to a sink, and nothing of the test's own traffic, counted exactly.
 fn assert_tcp_exact(observer: &Running, proxy: &Running) {
+    let before =
+        scrape_until(observer, "earlier connections closed", |m| value(m, TCP_ACTIVE, &[INBOUND]) == 0.0);
+    let (opened, closed) = (value(&before, TCP_OPENED, &[INBOUND]), value(&before, TCP_CLOSED, &[INBOUND]));
+    assert_eq!(opened, closed);
     let sink = Sink::start();
     hold_connections(&sink.addr, 2, Duration::from_millis(20));
     const K: f64 = 4.0;
     hold_connections(&proxy.addr, K as usize, Duration::from_millis(20));
-    let metrics = scrape_until(observer, "inbound closes", |m| value(m, TCP_CLOSED, &[INBOUND]) >= K);
-    assert_eq!(value(&metrics, TCP_OPENED, &[INBOUND]), K);
-    assert_eq!(value(&metrics, TCP_CLOSED, &[INBOUND]), K);
+    let metrics =
+        scrape_until(observer, "inbound closes", |m| value(m, TCP_CLOSED, &[INBOUND]) >= closed + K);
+    assert_eq!(value(&metrics, TCP_OPENED, &[INBOUND]), opened + K);
+    assert_eq!(value(&metrics, TCP_CLOSED, &[INBOUND]), closed + K);
     assert_eq!(value(&metrics, TCP_ACTIVE, &[INBOUND]), 0.0);
     assert_eq!(value(&metrics, TCP_OPENED, &[OUTBOUND]), 0.0, "the test's own connections");
 

@@ -448,9 +448,24 @@ pub fn scrape_until_for(
         if done(&metrics) {
             return metrics;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last scrape:\n{}",
+            scalars(&metrics)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A scrape's counters and gauges, a line each: what a timed-out wait saw last.
+fn scalars(scrape: &Scrape) -> String {
+    let mut lines = Vec::new();
+    for sample in &scrape.samples {
+        if let Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) = sample.value {
+            lines.push(format!("{}{{{}}} {v}", sample.metric, sample.labels));
+        }
+    }
+    lines.join("\n")
 }
 
 /// Runs `mcp-observe ARGS` to completion: (exit code, stdout, stderr).
