@@ -112,42 +112,57 @@ pub unsafe fn read_str<const FIELD: usize>(src: &abi::Str, ev: *mut ProbeEvent, 
     }
 }
 
-/// Copies the five strings of a request end, in [`field`] order, with one read of the
-/// proxy's memory when they lie there back to back, each within its slot's cap (as
-/// mcp-probes lays them out): the event packs them in the same order. Each user read
-/// costs about 150 ns here, the copy in the proxy far less. False, with nothing written,
-/// when they do not lie so or the read failed: the caller reads them one by one.
+/// Copies strings `strs` into slots `FIRST..FIRST + N` of `ev` with one read of the
+/// proxy's memory when they lie there back to back in slot order, each within its slot's
+/// cap (as mcp-probes lays out a request end's five and an ACL check's three): the event
+/// packs them in the same order. Each user read costs the kernel more than the copy costs
+/// the proxy. False, with nothing written, when they do not lie so or the read failed: the
+/// caller reads them one by one.
 ///
 /// # Safety
 /// `ev` must point to a reserved event whose `lens` are zero.
 #[inline(always)]
-pub unsafe fn read_packed(strs: [&abi::Str; field::COUNT], ev: *mut ProbeEvent) -> bool {
+pub unsafe fn read_packed<const FIRST: usize, const N: usize>(
+    strs: [&abi::Str; N],
+    ev: *mut ProbeEvent,
+) -> bool {
     let first = strs[0].ptr;
     let mut next = first;
-    for (slot, s) in strs.iter().enumerate() {
-        if s.ptr != next || s.len > CAPS[slot] as u64 {
+    for (i, s) in strs.iter().enumerate() {
+        if s.ptr != next || s.len > CAPS[FIRST + i] as u64 {
             return false;
         }
         next += s.len;
     }
-    // At most STRINGS_CAP (each length within its cap); masked again for the verifier.
-    let total = (next - first) as usize & (STRINGS_CAP.next_power_of_two() - 1);
+    // Within the room (each length within its cap), but LLVM proves that and drops any
+    // bound checked here; older verifiers (Linux 6.1) then cannot, so it is checked on a
+    // value LLVM cannot see through.
+    let total = opaque(next - first) as usize;
     if total > STRINGS_CAP {
         return false;
     }
     if total > 0 {
-        // SAFETY: `strings` has room for STRINGS_CAP bytes; the helper fails cleanly on a
-        // bad address.
+        // SAFETY: the slots before FIRST are empty, so slot FIRST starts the strings, which
+        // have room for STRINGS_CAP bytes; the helper fails cleanly on a bad address.
         let dst = unsafe { addr_of_mut!((*ev).strings) }.cast();
         if unsafe { bpf_probe_read_user(dst, total as u32, first as *const _) } != 0 {
             return false;
         }
     }
-    for (slot, s) in strs.iter().enumerate() {
+    for (i, s) in strs.iter().enumerate() {
         // SAFETY: the caller's; each length is within its cap, checked above.
-        unsafe { (*ev).lens[slot] = s.len as u16 };
+        unsafe { (*ev).lens[FIRST + i] = s.len as u16 };
     }
     true
+}
+
+/// `value`, out of LLVM's sight (libbpf's `barrier_var`): a bound checked on the result
+/// stays in the program for the verifier, even where LLVM could prove it.
+#[inline(always)]
+fn opaque(mut value: u64) -> u64 {
+    // SAFETY: a register move, no memory touched.
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) value, options(pure, nomem, nostack)) };
+    value
 }
 
 /// Copies `len` bytes of kernel memory at `src` into the `server` slot of `ev` (kernel

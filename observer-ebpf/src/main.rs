@@ -3,6 +3,8 @@
 #![no_main]
 // Atomic add on per-CPU counters (see maps::count): nightly builds this crate anyway.
 #![feature(core_intrinsics)]
+// Inline asm for `event::opaque`, the verifier's bound that LLVM must not fold away.
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
 mod event;

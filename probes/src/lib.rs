@@ -319,19 +319,23 @@ pub const LABEL_CAPS: [usize; 5] = [64, 32, 128, 64, 128];
 const LABELS_ROOM: usize = 64 + 32 + 128 + 64 + 128;
 
 /// The labels' [`ProbeStr`]s: copies back to back in `room`, in field order, when each is
-/// within its cap; the observer then takes all five with one read of the proxy's memory
-/// instead of five (each read costs the kernel more than the copy costs here). Longer
-/// ones go as they are: the observer cuts and flags them one by one.
+/// within its cap (`caps`); the observer then takes them all with one read of the proxy's
+/// memory instead of one each (each read costs the kernel more than the copy costs here).
+/// Longer ones go as they are: the observer cuts and flags them one by one.
 #[inline]
-fn pack_labels(strings: [&str; 5], room: &mut [core::mem::MaybeUninit<u8>; LABELS_ROOM]) -> [ProbeStr; 5] {
-    if !strings.iter().zip(LABEL_CAPS).all(|(s, cap)| s.len() <= cap) {
+fn pack_labels<const N: usize>(
+    strings: [&str; N],
+    caps: [usize; N],
+    room: &mut [core::mem::MaybeUninit<u8>; LABELS_ROOM],
+) -> [ProbeStr; N] {
+    if !strings.iter().zip(caps).all(|(s, cap)| s.len() <= cap) {
         return strings.map(ProbeStr::new);
     }
     let mut at = 0;
     strings.map(|s| {
         let to = room[at..at + s.len()].as_mut_ptr().cast::<u8>();
         // SAFETY: `to` has room for `s` (each label is within its cap, and the room is
-        // their sum); a string and a buffer of ours do not overlap.
+        // the sum of every cap); a string and a buffer of ours do not overlap.
         unsafe { core::ptr::copy_nonoverlapping(s.as_ptr(), to, s.len()) };
         at += s.len();
         ProbeStr { ptr: to.cast_const(), len: s.len() }
@@ -345,7 +349,7 @@ fn end_request(id: u64, labels: &RequestLabels<'_>, elapsed_us: u32) {
     }
     let strings = [labels.method, labels.transport, labels.identity, labels.server, labels.tool];
     let mut room = [core::mem::MaybeUninit::<u8>::uninit(); LABELS_ROOM];
-    let [method, transport, identity, server, tool] = pack_labels(strings, &mut room);
+    let [method, transport, identity, server, tool] = pack_labels(strings, LABEL_CAPS, &mut room);
     let end =
         RequestEnd { method, transport, identity, server, tool, status: labels.status as u32, elapsed_us };
     mcp_probe_request_end(id, &end);
@@ -357,13 +361,11 @@ pub fn acl_decision(identity: &str, server: &str, tool: &str, decision: Decision
     if cfg!(mcp_probes_disabled) {
         return;
     }
-    let check = AclCheck {
-        identity: ProbeStr::new(identity),
-        server: ProbeStr::new(server),
-        tool: ProbeStr::new(tool),
-        decision: decision as u32,
-        reserved: 0,
-    };
+    let mut room = [core::mem::MaybeUninit::<u8>::uninit(); LABELS_ROOM];
+    // Identity, server and tool: the last three request labels, with their caps.
+    let caps = [LABEL_CAPS[2], LABEL_CAPS[3], LABEL_CAPS[4]];
+    let [identity, server, tool] = pack_labels([identity, server, tool], caps, &mut room);
+    let check = AclCheck { identity, server, tool, decision: decision as u32, reserved: 0 };
     mcp_probe_acl_decision(&check);
 }
 
@@ -537,7 +539,7 @@ mod tests {
     #[test]
     fn labels_within_their_caps_lie_back_to_back_in_field_order() {
         let mut room = [core::mem::MaybeUninit::uninit(); LABELS_ROOM];
-        let strs = pack_labels(["tools/call", "stdio", "", "alpha", "echo"], &mut room);
+        let strs = pack_labels(["tools/call", "stdio", "", "alpha", "echo"], LABEL_CAPS, &mut room);
         for pair in strs.windows(2) {
             assert_eq!(pair[0].ptr.wrapping_add(pair[0].len), pair[1].ptr, "back to back");
         }
@@ -548,7 +550,7 @@ mod tests {
         // One label past its cap: all five go as they are.
         let (method, long) = (*b"tools/call", [b'x'; LABEL_CAPS[4] + 1]);
         let (method, long) = (core::str::from_utf8(&method).unwrap(), core::str::from_utf8(&long).unwrap());
-        let strs = pack_labels([method, "stdio", "", "alpha", long], &mut room);
+        let strs = pack_labels([method, "stdio", "", "alpha", long], LABEL_CAPS, &mut room);
         assert_eq!((strs[0].ptr, strs[4].ptr), (method.as_ptr(), long.as_ptr()));
     }
 

@@ -4,7 +4,7 @@ use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use observer_common::{abi, field, kind};
 
 use super::{observed, read_arg};
-use crate::event::{read_str, send};
+use crate::event::{read_packed, read_str, send};
 
 #[uprobe]
 pub fn mcp_acl_decision(ctx: ProbeContext) -> u32 {
@@ -14,9 +14,11 @@ pub fn mcp_acl_decision(ctx: ProbeContext) -> u32 {
         let mut flags = 0;
         // SAFETY: `ev` is the reserved event.
         unsafe {
-            read_str::<{ field::IDENTITY }>(&check.identity, ev, &mut flags);
-            read_str::<{ field::SERVER }>(&check.server, ev, &mut flags);
-            read_str::<{ field::TOOL }>(&check.tool, ev, &mut flags);
+            if !read_packed::<{ field::IDENTITY }, 3>([&check.identity, &check.server, &check.tool], ev) {
+                read_str::<{ field::IDENTITY }>(&check.identity, ev, &mut flags);
+                read_str::<{ field::SERVER }>(&check.server, ev, &mut flags);
+                read_str::<{ field::TOOL }>(&check.tool, ev, &mut flags);
+            }
         }
         flags
     });

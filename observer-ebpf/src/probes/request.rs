@@ -79,7 +79,8 @@ pub fn mcp_request_end(ctx: ProbeContext) -> u32 {
                 }
                 Err(flag) => flag,
             };
-            if !read_packed([&end.method, &end.transport, &end.identity, &end.server, &end.tool], ev) {
+            let strs = [&end.method, &end.transport, &end.identity, &end.server, &end.tool];
+            if !read_packed::<{ field::METHOD }, 5>(strs, ev) {
                 read_str::<{ field::METHOD }>(&end.method, ev, &mut flags);
                 read_str::<{ field::TRANSPORT }>(&end.transport, ev, &mut flags);
                 read_str::<{ field::IDENTITY }>(&end.identity, ev, &mut flags);
