@@ -11,6 +11,7 @@ mod vm;
 
 use std::{
     io::{BufRead as _, BufReader},
+    path::Path,
     process::{Command, Stdio},
 };
 
@@ -39,11 +40,16 @@ enum Task {
     /// Build, then boot Debian's 6.1 and 6.12 kernels under QEMU and run the kernel tests
     /// of `kernels::on_every_kernel` in each (root; part of `test`).
     Vm,
-    /// Set up, build, and run every benchmark (about 16 minutes; root).
+    /// Set up, build, and run every benchmark (about 25 minutes; root): the suites on this
+    /// host, then the instructions suite in a VM that counts instructions.
     Bench {
         /// A smoke run: every suite with windows too short for figures worth quoting.
         #[arg(long)]
         quick: bool,
+        /// Only these suites (`mcp-observe-bench --help` lists them; `instructions` is the
+        /// VM's).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -60,7 +66,7 @@ fn main() -> anyhow::Result<()> {
             let host = vm::Outcome { suite: "this host", release: host_release(), passed, failed };
             // After the host tests, never beside them: the VMs take both cores.
             let outcomes: Vec<_> = std::iter::once(host).chain(vm::run(&std::env::current_dir()?)?).collect();
-            bench(true)?;
+            bench(true, &[])?;
             let (passed, failed) = outcomes.iter().fold((0, 0), |(p, f), o| (p + o.passed, f + o.failed));
             let per_kernel: Vec<String> = outcomes
                 .iter()
@@ -87,17 +93,17 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, only } => {
             setup::run()?;
             build_release()?;
-            bench(quick)
+            bench(quick, &only)
         }
     }
 }
 
-/// Runs the benchmarks (`benchmarks/README.md`) on the release build; the figures also go
-/// to `target/bench/results.md`.
-fn bench(quick: bool) -> anyhow::Result<()> {
+/// Runs the benchmarks (`benchmarks/README.md`) on the release build, `only` these suites
+/// if any; the figures also go to `target/bench/results.md`.
+fn bench(quick: bool, only: &[String]) -> anyhow::Result<()> {
     // The baseline proxy without probe calls (mcp-probes' benchmark-only cfg), in a target
     // directory of its own.
     exec(
@@ -107,13 +113,38 @@ fn bench(quick: bool) -> anyhow::Result<()> {
             .env("RUSTFLAGS", "--cfg mcp_probes_disabled"),
     )?;
     std::fs::create_dir_all("target/bench")?;
-    let mut command = Command::new("target/release/mcp-observe-bench");
-    command.args(["--markdown", "target/bench/results.md"]);
-    if quick {
-        command.arg("--quick");
+    let results = Path::new("target/bench/results.md");
+    let counted = only.is_empty() || only.iter().any(|suite| suite == INSTRUCTIONS);
+    let on_host: Vec<&str> = only.iter().map(String::as_str).filter(|&suite| suite != INSTRUCTIONS).collect();
+    let mut table = String::new();
+    if only.is_empty() || !on_host.is_empty() {
+        let mut command = Command::new("target/release/mcp-observe-bench");
+        command.arg("--markdown").arg(results);
+        if quick {
+            command.arg("--quick");
+        }
+        if !on_host.is_empty() {
+            command.arg("--only").arg(on_host.join(","));
+        }
+        exec(&mut command)?;
+        table = std::fs::read_to_string(results)?;
     }
-    exec(&mut command)
+    // Then the figures that do not move with this machine's noise: instructions, counted in
+    // a VM (about 8 minutes, 2 in a smoke run).
+    if counted {
+        let rows = vm::bench(&std::env::current_dir()?, quick)?;
+        if table.is_empty() {
+            table = rows.header;
+        }
+        table.push_str(&rows.rows);
+        std::fs::write(results, table)?;
+        println!("figures written to {}", results.display());
+    }
+    Ok(())
 }
+
+/// The suite `mcp-observe-bench` runs only in the VM of `vm::bench`.
+const INSTRUCTIONS: &str = "instructions";
 
 /// Formatting, lints, the rules, the manifests, then every test on this kernel: the
 /// passed and failed counts over every test binary.

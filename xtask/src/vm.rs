@@ -27,8 +27,44 @@ pub const SUITES: [&str; 2] = ["bookworm", "trixie"];
 /// The tests run in each VM: libtest's filter, a module of the kernel tests.
 const TESTS: &str = "kernels::on_every_kernel::";
 
-/// A VM that has not powered off by then is killed and counted as failed.
-const LIMIT: Duration = Duration::from_secs(600);
+/// The VM a run needs.
+#[derive(Clone, Copy)]
+enum Machine {
+    /// Two vCPUs, one host thread each: the kernel tests.
+    Tests,
+    /// One vCPU whose clock advances one nanosecond per instruction it executes
+    /// (`-icount shift=0`, single-threaded TCG): the instructions suite, whose CPU times
+    /// are then instruction counts; marked on the kernel command line for the suite.
+    Counting,
+}
+
+impl Machine {
+    fn qemu_args(self) -> &'static [&'static str] {
+        match self {
+            Machine::Tests => &["-accel", "tcg,thread=multi", "-smp", "2"],
+            Machine::Counting => &["-accel", "tcg", "-icount", "shift=0,sleep=off", "-smp", "1"],
+        }
+    }
+
+    fn cmdline(self) -> &'static str {
+        match self {
+            Machine::Tests => "",
+            Machine::Counting => ICOUNT_MARK,
+        }
+    }
+
+    /// A VM that has not powered off by then is killed and counted as failed.
+    fn limit(self) -> Duration {
+        match self {
+            Machine::Tests => Duration::from_secs(600),
+            Machine::Counting => Duration::from_secs(1800),
+        }
+    }
+}
+
+/// `mcp-observe-bench`'s mark (its `suites::throughput::ICOUNT_MARK`) for a VM that counts
+/// instructions.
+const ICOUNT_MARK: &str = "mcp_observe_bench.icount";
 
 /// One kernel's outcome.
 pub struct Outcome {
@@ -269,10 +305,10 @@ fn initramfs(
     Ok(())
 }
 
-/// What the VM runs as `/init`: the tests, their output on the second serial port, then
-/// power off. The initramfs is itself a writable tmpfs: nothing is mounted over `/tmp`,
-/// where the workspace may lie (CI clones it there).
-fn init_script(workdir: &Path, tests_binary: &Path) -> String {
+/// What the VM runs as `/init`: `run`, its output on the second serial port, then power
+/// off. The initramfs is itself a writable tmpfs: nothing is mounted over `/tmp`, where the
+/// workspace may lie (CI clones it there).
+fn init(run: &str) -> String {
     format!(
         r#"#!/bin/busybox sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
@@ -283,29 +319,39 @@ mount -t tracefs tracefs /sys/kernel/tracing
 insmod /lib/modules/$(uname -r)/overlay.ko
 ip link set lo up
 {{
-  echo "kernel $(uname -r)"
-  cd {workdir} && {tests} --test-threads=1 --show-output {TESTS} 2>&1
-  echo "exit status $?"
+{run}
 }} > /dev/ttyS1
 poweroff -f
-"#,
-        workdir = workdir.display(),
-        tests = tests_binary.display(),
+"#
     )
 }
 
+/// `/init` of the kernel tests' VMs.
+fn init_script(workdir: &Path, tests_binary: &Path) -> String {
+    init(&format!(
+        r#"  echo "kernel $(uname -r)"
+  cd {workdir} && {tests} --test-threads=1 --show-output {TESTS} 2>&1
+  echo "exit status $?""#,
+        workdir = workdir.display(),
+        tests = tests_binary.display(),
+    ))
+}
+
 /// Boots `kernel` on `initrd` and returns what the VM wrote to its second serial port.
-fn boot(kernel: &Kernel, initrd: &Path, console: &Path, results: &Path) -> anyhow::Result<String> {
+fn boot(kernel: &Kernel, initrd: &Path, machine: Machine, logs: (&Path, &Path)) -> anyhow::Result<String> {
+    let (console, results) = logs;
     let _ = std::fs::remove_file(results);
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "2G", "-nic", "none"])
+        .args(machine.qemu_args())
+        .args(["-cpu", "max", "-m", "2G", "-nic", "none"])
         .args(["-display", "none", "-no-reboot", "-monitor", "none"])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=4"])
+        .arg("-append")
+        .arg(format!("console=ttyS0 rdinit=/init panic=-1 quiet loglevel=4 {}", machine.cmdline()))
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .arg("-serial")
@@ -313,10 +359,10 @@ fn boot(kernel: &Kernel, initrd: &Path, console: &Path, results: &Path) -> anyho
         .spawn()
         .context("starting qemu-system-x86_64 (Debian's qemu-system-x86): run `cargo xtask setup`")?;
     while child.try_wait()?.is_none() {
-        if started.elapsed() > LIMIT {
+        if started.elapsed() > machine.limit() {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("Linux {} did not power off within {LIMIT:?}", kernel.release);
+            bail!("Linux {} did not power off within {:?}", kernel.release, machine.limit());
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -363,7 +409,8 @@ pub fn run(workspace: &Path) -> anyhow::Result<Vec<Outcome>> {
         let results = scratch.join(format!("{suite}.results.log"));
         let started = Instant::now();
         eprintln!("xtask: booting Debian {suite}'s Linux {} under QEMU (TCG)", kernel.release);
-        let output = boot(&kernel, &initrd, &console, &results).unwrap_or_else(|e| format!("{e:#}"));
+        let output =
+            boot(&kernel, &initrd, Machine::Tests, (&console, &results)).unwrap_or_else(|e| format!("{e:#}"));
         println!("{output}");
         let (passed, failed) = judge(&output);
         if failed > 0 {
@@ -378,6 +425,68 @@ pub fn run(workspace: &Path) -> anyhow::Result<Vec<Outcome>> {
         outcomes.push(Outcome { suite, release: kernel.release, passed, failed });
     }
     Ok(outcomes)
+}
+
+/// Runs the benchmarks' instructions suite in a VM that counts instructions, on the
+/// newest kernel of [`SUITES`]; prints its figures and returns their Markdown table.
+pub fn bench(workspace: &Path, quick: bool) -> anyhow::Result<Table> {
+    let release = workspace.join("target/release");
+    let binaries = [
+        release.join("mcp-observe"),
+        release.join("mcp-testbed"),
+        release.join("mcp-observe-bench"),
+        release.join("mcp-bench-load"),
+        workspace.join("target/bench-without-probes/release/mcp-testbed"),
+    ];
+    let scratch = workspace.join("target/vm-bench");
+    std::fs::create_dir_all(&scratch)?;
+    let suite = SUITES[SUITES.len() - 1];
+    let kernel = fetch(suite)?;
+    let init = bench_init_script(workspace, quick);
+    let initrd = scratch.join("initramfs.cpio");
+    initramfs(&binaries, std::slice::from_ref(&kernel), workspace, &scratch.join("staging"), &initrd, &init)?;
+    let (console, results) = (scratch.join("console.log"), scratch.join("results.log"));
+    eprintln!("xtask: booting Debian {suite}'s Linux {} under QEMU counting instructions", kernel.release);
+    let output = boot(&kernel, &initrd, Machine::Counting, (&console, &results))?;
+    let (figures, table) = split_table(&output);
+    println!("{figures}");
+    if !figures.contains("exit status 0") {
+        let log = std::fs::read_to_string(&console).unwrap_or_default();
+        bail!("the instructions suite failed in the VM; its console ({}):\n{log}", console.display());
+    }
+    Ok(table)
+}
+
+/// The suite's output, and the Markdown table after it ([`TABLE`]), from what the VM wrote
+/// on its serial port (whose tty ends lines with CR LF).
+fn split_table(output: &str) -> (String, Table) {
+    let output = output.replace("\r\n", "\n");
+    let (figures, table) = output.split_once(TABLE).unwrap_or((&output, ""));
+    let mut lines = table.lines().map(|line| format!("{line}\n"));
+    let header = lines.by_ref().take(2).collect();
+    (figures.to_string(), Table { header, rows: lines.collect() })
+}
+
+/// A Markdown table of figures: its header and separator lines, and its rows.
+pub struct Table {
+    pub header: String,
+    pub rows: String,
+}
+
+/// Separates the suite's output from its Markdown table on the VM's second serial port.
+const TABLE: &str = "--- markdown table\n";
+
+/// `/init` of the instructions suite's VM.
+fn bench_init_script(workspace: &Path, quick: bool) -> String {
+    init(&format!(
+        r#"  cd {workspace} && target/release/mcp-observe-bench --only instructions {quick} --markdown /tmp/table.md 2>&1
+  echo "exit status $?"
+  printf '{TABLE}'
+  cat /tmp/table.md"#,
+        workspace = workspace.display(),
+        quick = if quick { "--quick" } else { "" },
+        TABLE = TABLE.replace('\n', "\\n"),
+    ))
 }
 
 /// Passed and failed tests in one VM's output: every test libtest said it would run must
@@ -398,7 +507,15 @@ fn judge(output: &str) -> (u64, u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::judge;
+    use super::{judge, split_table};
+
+    #[test]
+    fn the_instructions_table_comes_back_from_the_serial_port_without_its_carriage_returns() {
+        let output = "Instructions:\r\n  a: 1\r\nexit status 0\r\n--- markdown table\r\n| h |\r\n| --- |\r\n| a | 1 |\r\n";
+        let (figures, table) = split_table(output);
+        assert_eq!(figures, "Instructions:\n  a: 1\nexit status 0\n");
+        assert_eq!((table.header.as_str(), table.rows.as_str()), ("| h |\n| --- |\n", "| a | 1 |\n"));
+    }
 
     #[test]
     fn a_vm_passes_only_when_every_announced_test_did() {

@@ -20,6 +20,9 @@ pub enum Suite {
     Agent,
     /// What the node's other processes pay: exec discovery and the TCP hooks.
     Node,
+    /// CPU per request in instructions, in the QEMU VM that `cargo xtask bench` boots
+    /// (not in the default set: it refuses to run elsewhere).
+    Instructions,
 }
 
 impl Suite {
@@ -32,6 +35,7 @@ impl Suite {
             Suite::Events => events::run(bench),
             Suite::Agent => agent::run(bench),
             Suite::Node => node::run(bench),
+            Suite::Instructions => throughput::run_counted(bench),
         }
     }
 }

@@ -48,6 +48,78 @@ const VARIANTS: [Variant; 8] = [
 
 pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
     let (rounds, seconds) = bench.pick((15, "2"), (1, "1"));
+    let Measured { windows, cpu } = measure(bench, &VARIANTS, rounds, seconds)?;
+    let rate = |v: Variant| median(&mut windows.iter().map(|w| w[v as usize]).collect::<Vec<_>>());
+    let mut figure = |name: &str, variant: Variant, (baseline, of): (&str, Variant), goal: Option<f64>| {
+        let mut ratios: Vec<f64> = windows.iter().map(|w| w[variant as usize] / w[of as usize]).collect();
+        let (q1, q3) = (percentile(&mut ratios, 0.25), percentile(&mut ratios, 0.75));
+        let ratio = median(&mut ratios);
+        let figure = Figure::new(format!("proxy throughput, {name}"), format!("{:.0} req/s", rate(variant)))
+            .against(
+                format!("{baseline} {:.0} req/s; IQR of the round ratios {q1:.3}–{q3:.3}", rate(of)),
+                ratio,
+            );
+        bench.record(match goal {
+            // Judged only when enough rounds agree more closely than the margin judged.
+            Some(goal) if windows.len() >= MIN_ROUNDS && q3 - q1 < 1.0 - goal => {
+                figure.goal(format!("≥ {goal}"), ratio >= goal)
+            }
+            Some(goal) => figure
+                .undecided(format!("≥ {goal}: undecided, too few rounds or rounds that vary more than that")),
+            None => figure,
+        });
+    };
+    for (name, variant, baseline) in COMPARISONS {
+        let goal = match variant {
+            Variant::Unobserved => Some(0.999),
+            Variant::Observed | Variant::ObservedWithoutLatency => Some(0.99),
+            _ => None,
+        };
+        figure(name, variant, baseline, goal);
+    }
+    cpu_figures(bench, "CPU per request at saturation", "ns", &VARIANTS, &cpu);
+    Ok(())
+}
+
+/// What the instructions suite measures: the goals' variants, and the A/A pair.
+const COUNTED: [Variant; 6] = [
+    Variant::WithoutProbes,
+    Variant::Unobserved,
+    Variant::UnobservedAgain,
+    Variant::Observed,
+    Variant::ObservedWithoutLatency,
+    Variant::OpenTelemetry,
+];
+
+/// On the kernel command line of the VM `cargo xtask bench` boots with QEMU's `-icount`.
+pub const ICOUNT_MARK: &str = "mcp_observe_bench.icount";
+
+/// CPU per request where a nanosecond of CPU time is one instruction: under QEMU's
+/// `-icount shift=0` the guest's clock advances one nanosecond per instruction executed,
+/// so what moves the host's figures (other tenants, frequency, caches) cannot move these,
+/// and the A/A pair agrees to about 0.1 % where the host's differs by several percent.
+pub fn run_counted(bench: &mut Bench) -> anyhow::Result<()> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline")?;
+    ensure!(
+        cmdline.split_whitespace().any(|arg| arg == ICOUNT_MARK),
+        "the instructions suite needs a VM whose clock counts instructions: run `cargo xtask bench`, which boots one"
+    );
+    let (rounds, seconds) = bench.pick((5, "1"), (1, "1"));
+    let Measured { cpu, .. } = measure(bench, &COUNTED, rounds, seconds)?;
+    let title = "instructions per request at saturation (QEMU icount)";
+    cpu_figures(bench, title, "instructions", &COUNTED, &cpu);
+    Ok(())
+}
+
+/// Windows measured round after round: requests per second, and CPU ns per request of
+/// the proxy and of the agent, by variant (0 for a variant not measured).
+struct Measured {
+    windows: Vec<[f64; VARIANTS.len()]>,
+    cpu: Vec<CpuWindow>,
+}
+
+/// Saturates a proxy of each of `variants` for `seconds`, in turn, `rounds` times.
+fn measure(bench: &Bench, variants: &[Variant], rounds: usize, seconds: &str) -> anyhow::Result<Measured> {
     let proxy = |binary: &Path, extra: &[&str]| {
         Running::spawn(
             Command::new(binary).args(["proxy", "--listen", "127.0.0.1:0"]).args(extra),
@@ -57,18 +129,18 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
     // A process of its own for every variant, each taking one window per round: a process
     // that served more windows than another ran faster in its later ones (the A/A pair
     // showed it when two variants shared one).
-    let proxies = VARIANTS
-        .map(|variant| match variant {
-            Variant::WithoutProbes => proxy(&bench.testbed_without_probes, &[]),
-            Variant::Prometheus => proxy(&bench.testbed, &["--in-process-metrics", "prometheus"]),
-            Variant::OpenTelemetry => proxy(&bench.testbed, &["--in-process-metrics", "opentelemetry"]),
-            _ => proxy(&bench.testbed, &[]),
-        })
-        .into_iter()
-        .collect::<anyhow::Result<Vec<Running>>>()?;
-    let of = |variant: Variant| &proxies[variant as usize];
+    let mut proxies: Vec<Option<Running>> = VARIANTS.iter().map(|_| None).collect();
+    for &variant in variants {
+        proxies[variant as usize] = Some(match variant {
+            Variant::WithoutProbes => proxy(&bench.testbed_without_probes, &[])?,
+            Variant::Prometheus => proxy(&bench.testbed, &["--in-process-metrics", "prometheus"])?,
+            Variant::OpenTelemetry => proxy(&bench.testbed, &["--in-process-metrics", "opentelemetry"])?,
+            _ => proxy(&bench.testbed, &[])?,
+        });
+    }
+    let of = |variant: Variant| proxies[variant as usize].as_ref().expect("a measured variant's proxy");
     // Backends started and code paths warm before anything counts.
-    for variant in VARIANTS {
+    for &variant in variants {
         saturate(&bench.testbed, of(variant), "1")?;
     }
     // Requests per second, and CPU ns per request of the proxy and of the agent, by round
@@ -78,7 +150,7 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
     for round in 0..rounds {
         let mut measured = [0.0; VARIANTS.len()];
         let mut per_request: CpuWindow = [(0.0, 0.0); VARIANTS.len()];
-        for variant in shuffled(round) {
+        for variant in shuffled(round).into_iter().filter(|v| variants.contains(v)) {
             let proxy = of(variant);
             let pid = proxy.pid().to_string();
             let observer = match variant {
@@ -108,58 +180,33 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
         windows.push(measured);
         cpu.push(per_request);
     }
-
-    let rate = |v: Variant| median(&mut windows.iter().map(|w| w[v as usize]).collect::<Vec<_>>());
-    let mut figure = |name: &str, variant: Variant, (baseline, of): (&str, Variant), goal: Option<f64>| {
-        let mut ratios: Vec<f64> = windows.iter().map(|w| w[variant as usize] / w[of as usize]).collect();
-        let (q1, q3) = (percentile(&mut ratios, 0.25), percentile(&mut ratios, 0.75));
-        let ratio = median(&mut ratios);
-        let figure = Figure::new(format!("proxy throughput, {name}"), format!("{:.0} req/s", rate(variant)))
-            .against(
-                format!("{baseline} {:.0} req/s; IQR of the round ratios {q1:.3}–{q3:.3}", rate(of)),
-                ratio,
-            );
-        bench.record(match goal {
-            // Judged only when enough rounds agree more closely than the margin judged.
-            Some(goal) if windows.len() >= MIN_ROUNDS && q3 - q1 < 1.0 - goal => {
-                figure.goal(format!("≥ {goal}"), ratio >= goal)
-            }
-            Some(goal) => figure
-                .undecided(format!("≥ {goal}: undecided, too few rounds or rounds that vary more than that")),
-            None => figure,
-        });
-    };
-    for (name, variant, baseline) in COMPARISONS {
-        let goal = match variant {
-            Variant::Unobserved => Some(0.999),
-            Variant::Observed | Variant::ObservedWithoutLatency => Some(0.99),
-            _ => None,
-        };
-        figure(name, variant, baseline, goal);
-    }
-    cpu_figures(bench, &cpu);
-    Ok(())
+    Ok(Measured { windows, cpu })
 }
 
 /// CPU time per request: the proxy's, plus the agent's where one observes it, against a
-/// baseline variant's, as the median of the per-round ratios with their IQR. A goal is a
-/// ceiling on the ratio.
-fn cpu_figures(bench: &mut Bench, cpu: &[CpuWindow]) {
+/// baseline variant's, as the median of the per-round ratios with their IQR, for every
+/// comparison whose two variants were measured. A goal is a ceiling on the ratio. `unit`
+/// names what a nanosecond of CPU time is (under QEMU's instruction counting, one
+/// instruction).
+fn cpu_figures(bench: &mut Bench, title: &str, unit: &str, variants: &[Variant], cpu: &[CpuWindow]) {
     let total = |w: &CpuWindow, v: Variant| w[v as usize].0 + w[v as usize].1;
     let median_of = |f: &dyn Fn(&CpuWindow) -> f64| median(&mut cpu.iter().map(f).collect::<Vec<_>>());
     let mut figure = |name: &str, variant: Variant, (baseline, of): (&str, Variant), goal: Option<f64>| {
+        if !variants.contains(&variant) || !variants.contains(&of) {
+            return;
+        }
         let mut ratios: Vec<f64> = cpu.iter().map(|w| total(w, variant) / total(w, of)).collect();
         let (q1, q3) = (percentile(&mut ratios, 0.25), percentile(&mut ratios, 0.75));
         let ratio = median(&mut ratios);
         let (proxy, agent) = (median_of(&|w| w[variant as usize].0), median_of(&|w| w[variant as usize].1));
         let measured = if agent == 0.0 {
-            format!("{proxy:.0} ns")
+            format!("{proxy:.0} {unit}")
         } else {
-            format!("{:.0} ns ({proxy:.0} ns in the proxy, {agent:.0} ns in the agent)", proxy + agent)
+            format!("{:.0} {unit} ({proxy:.0} in the proxy, {agent:.0} in the agent)", proxy + agent)
         };
-        let figure = Figure::new(format!("CPU per request at saturation, {name}"), measured).against(
+        let figure = Figure::new(format!("{title}, {name}"), measured).against(
             format!(
-                "{baseline} {:.0} ns; IQR of the round ratios {q1:.3}–{q3:.3}",
+                "{baseline} {:.0} {unit}; IQR of the round ratios {q1:.4}–{q3:.4}",
                 median_of(&|w| total(w, of))
             ),
             ratio,
