@@ -316,7 +316,7 @@ pub fn request_end_after(id: u64, labels: &RequestLabels<'_>, elapsed: core::tim
 pub const LABEL_CAPS: [usize; 5] = [64, 32, 128, 64, 128];
 
 /// Room for every request label at its cap.
-const LABELS_ROOM: usize = 64 + 32 + 128 + 64 + 128;
+const LABELS_ROOM: usize = LABEL_CAPS[0] + LABEL_CAPS[1] + LABEL_CAPS[2] + LABEL_CAPS[3] + LABEL_CAPS[4];
 
 /// The labels' [`ProbeStr`]s: copies back to back in `room`, in field order, when each is
 /// within its cap (`caps`); the observer then takes them all with one read of the proxy's

@@ -40,7 +40,7 @@ enum Task {
     /// Build, then boot Debian's 6.1 and 6.12 kernels under QEMU and run the kernel tests
     /// of `kernels::on_every_kernel` in each (root; part of `test`).
     Vm,
-    /// Set up, build, and run every benchmark (about 25 minutes; root): the suites on this
+    /// Set up, build, and run every benchmark (about 30 minutes; root): the suites on this
     /// host, then the instructions suite in a VM that counts instructions.
     Bench {
         /// A smoke run: every suite with windows too short for figures worth quoting.
