@@ -25,7 +25,8 @@ pub struct Args {
     /// What one iteration calls.
     #[arg(long, value_enum, default_value_t = Mix::Request)]
     mix: Mix,
-    /// Distinct tool names cycled through (each one is a label set of its own).
+    /// Distinct tool names cycled through (each one is a label set of its own); a window's
+    /// line may name fewer (`tools 1`).
     #[arg(long, default_value_t = 1)]
     tools: usize,
 }
@@ -53,13 +54,23 @@ impl Mix {
     }
 }
 
-/// Floods once per line on stdin, printing what each window sent, until stdin ends.
+/// Floods once per line on stdin, printing what each window sent, until stdin ends. A line
+/// `tools N` cycles through the first N tool names only, so that one flood's windows can
+/// alternate label-set counts with one agent.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.threads > 0 && args.tools > 0, "--threads and --tools must be at least 1");
     let tools: Vec<String> = (0..args.tools).map(|i| format!("tool{i:04}")).collect();
     for line in crate::windows() {
-        line?;
-        window(args, &tools);
+        let line = line?;
+        let count = match line.strip_prefix("tools ") {
+            Some(count) => {
+                count.trim().parse().ok().filter(|n| (1..=args.tools).contains(n)).ok_or_else(|| {
+                    anyhow::anyhow!("{line:?}: a window's tool count is 1 to --tools ({})", args.tools)
+                })?
+            }
+            None => args.tools,
+        };
+        window(args, &tools[..count]);
     }
     Ok(())
 }
