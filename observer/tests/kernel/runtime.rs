@@ -112,7 +112,7 @@ struct Container {
 impl Container {
     /// Runs `image` with `flags` and `args`, and waits for `marker` on its stderr.
     fn run(name: &str, flags: &[String], image: &str, args: &[&str], marker: &str) -> Container {
-        let _ = podman().args(["rm", "--force", "--time", "0", name]).output();
+        remove(name);
         let mut command = podman_container("run");
         command.args(["--name", name]).args(flags).arg(image).args(args);
         let running = Running::spawn(command, marker);
@@ -123,7 +123,7 @@ impl Container {
     /// file up into the container's layer when its attributes change) runs instead of the
     /// image's.
     fn run_copied_up(name: &str, flags: &[String], image: &str, args: &[&str], marker: &str) -> Container {
-        let _ = podman().args(["rm", "--force", "--time", "0", name]).output();
+        remove(name);
         let mut create = podman_container("create");
         let created = create.args(["--name", name]).args(flags).arg(image).args(args).output().unwrap();
         assert!(created.status.success(), "podman create: {}", String::from_utf8_lossy(&created.stderr));
@@ -161,9 +161,14 @@ impl Container {
     }
 }
 
+/// Removes container `name`, if there is one (left by an earlier run, or done with).
+fn remove(name: &str) {
+    let _ = podman().args(["rm", "--force", "--time", "0", name]).output();
+}
+
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = podman().args(["rm", "--force", "--time", "0", &self.name]).output();
+        remove(&self.name);
         self.running.take();
     }
 }
