@@ -27,6 +27,12 @@ pub mod stats {
         values[rank.clamp(1, values.len()) - 1]
     }
 
+    /// The first quartile, the median and the third quartile of `values`, which it sorts:
+    /// a figure with the interquartile range of its rounds.
+    pub fn quartiles(values: &mut [f64]) -> (f64, f64, f64) {
+        (percentile(values, 0.25), median(values), percentile(values, 0.75))
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
@@ -40,6 +46,7 @@ pub mod stats {
             assert_eq!(percentile(&mut hundred, 0.5), 50.0);
             assert_eq!(percentile(&mut hundred, 1.0), 100.0);
             assert!(median(&mut []).is_nan());
+            assert_eq!(quartiles(&mut [4.0, 1.0, 3.0, 2.0]), (1.0, 2.5, 3.0));
         }
     }
 }

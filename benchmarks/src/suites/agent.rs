@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::ensure;
-use mcp_observe_benchmarks::stats::{median, percentile};
+use mcp_observe_benchmarks::stats::{median, percentile, quartiles};
 use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 
 use crate::{
@@ -108,8 +108,7 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
         .baseline(idle)
         .goal("≤ 2 %", busy <= 2.0),
     );
-    let ratio = median(&mut ratios);
-    let (q1, q3) = (percentile(&mut ratios, 0.25), percentile(&mut ratios, 0.75));
+    let (q1, ratio, q3) = quartiles(&mut ratios);
     bench.record(
         Figure::new(format!("agent CPU per event, {TOOLS} label sets / one"), format!("{ratio:.3}"))
             .against(

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
-use mcp_observe_benchmarks::stats::{median, percentile};
+use mcp_observe_benchmarks::stats::{median, quartiles};
 
 use crate::{
     Bench,
@@ -191,8 +191,7 @@ fn floors(bench: &mut Bench) -> anyhow::Result<()> {
     // One read: the difference within each round, where the two windows are neighbours.
     let mut reads: Vec<f64> =
         per_run[0].iter().zip(&per_run[1]).map(|(with, without)| with - without).collect();
-    let (q1, q3) = (percentile(&mut reads, 0.25), percentile(&mut reads, 0.75));
-    let read = median(&mut reads);
+    let (q1, read, q3) = quartiles(&mut reads);
     let [labelled, unlabelled, bystander] = per_run.map(|mut times| median(&mut times));
     bench.record(
         Figure::new(

@@ -15,7 +15,7 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::{Context as _, ensure};
-use mcp_observe_benchmarks::stats::{median, percentile};
+use mcp_observe_benchmarks::stats::{median, quartiles};
 
 use crate::{
     Bench,
@@ -52,8 +52,7 @@ pub fn run(bench: &mut Bench) -> anyhow::Result<()> {
     let rate = |v: Variant| median(&mut windows.iter().map(|w| w[v as usize]).collect::<Vec<_>>());
     let mut figure = |name: &str, variant: Variant, (baseline, of): (&str, Variant), goal: Option<f64>| {
         let mut ratios: Vec<f64> = windows.iter().map(|w| w[variant as usize] / w[of as usize]).collect();
-        let (q1, q3) = (percentile(&mut ratios, 0.25), percentile(&mut ratios, 0.75));
-        let ratio = median(&mut ratios);
+        let (q1, ratio, q3) = quartiles(&mut ratios);
         let figure = Figure::new(format!("proxy throughput, {name}"), format!("{:.0} req/s", rate(variant)))
             .against(
                 format!("{baseline} {:.0} req/s; IQR of the round ratios {q1:.3}–{q3:.3}", rate(of)),
@@ -191,14 +190,14 @@ fn measure(bench: &Bench, variants: &[Variant], rounds: usize, seconds: &str) ->
 fn cpu_figures(bench: &mut Bench, title: &str, unit: &str, variants: &[Variant], cpu: &[CpuWindow]) {
     let total = |w: &CpuWindow, v: Variant| w[v as usize].0 + w[v as usize].1;
     let median_of = |f: &dyn Fn(&CpuWindow) -> f64| median(&mut cpu.iter().map(f).collect::<Vec<_>>());
-    let quartiles = |variant: Variant, of: Variant| {
+    let ratio_quartiles = |variant: Variant, of: Variant| {
         let mut ratios: Vec<f64> = cpu.iter().map(|w| total(w, variant) / total(w, of)).collect();
-        (percentile(&mut ratios, 0.25), median(&mut ratios), percentile(&mut ratios, 0.75))
+        quartiles(&mut ratios)
     };
     // How far from 1 two identical processes' middle half reaches: a ratio nearer its goal
     // than that says nothing about the goal.
     let spread = if variants.contains(&Variant::UnobservedAgain) && variants.contains(&Variant::Unobserved) {
-        let (q1, _, q3) = quartiles(Variant::UnobservedAgain, Variant::Unobserved);
+        let (q1, _, q3) = ratio_quartiles(Variant::UnobservedAgain, Variant::Unobserved);
         (1.0 - q1).max(q3 - 1.0).max(0.0)
     } else {
         f64::INFINITY
@@ -207,7 +206,7 @@ fn cpu_figures(bench: &mut Bench, title: &str, unit: &str, variants: &[Variant],
         if !variants.contains(&variant) || !variants.contains(&of) {
             return;
         }
-        let (q1, ratio, q3) = quartiles(variant, of);
+        let (q1, ratio, q3) = ratio_quartiles(variant, of);
         let (proxy, agent) = (median_of(&|w| w[variant as usize].0), median_of(&|w| w[variant as usize].1));
         let measured = if agent == 0.0 {
             format!("{proxy:.0} {unit}")
